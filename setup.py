@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "ml_collections==1.1.0",
     "numpy==2.4.6",
     "tensorboardX==2.6.5",
+    "matplotlib==3.11.2",
 ]
 
 TEST_REQUIRES = [
@@ -22,6 +23,9 @@ TEST_REQUIRES = [
     "execnet==2.1.2",
     "hypothesis==6.155.2",
     "ruff==0.17.6",
+    "nbformat==5.11.1",
+    "nbclient==0.11.0",
+    "ipykernel==7.4.0",
 ]
 
 setup(

@@ -35,12 +35,14 @@ Plots (one PNG per suite next to --out) need matplotlib; without it they are ski
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import importlib
 import json
 import math
 import os
 import pkgutil
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,7 +54,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from jax import lax
 
 # Mixer options that are a sequence length; the benchmark sets each one a mixer has to the length it runs at
@@ -120,6 +122,7 @@ class Settings:
     min_repeat_seconds: float = 0.05
     case_budget_seconds: float = 60.0
     max_memory_gb: float = 6.0
+    hang_seconds: float = 1800.0
     import_all_model_modules: bool = True
     seed: int = 0
 
@@ -151,9 +154,11 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_memory_gb <= 0 or self.min_repeat_seconds < 0 or self.case_budget_seconds <= 0:
+        if (self.max_memory_gb <= 0 or self.min_repeat_seconds < 0 or self.case_budget_seconds <= 0
+                or self.hang_seconds <= 0):
             raise ValueError(
-                "--max_memory_gb and --case_budget_seconds must be > 0, --min_repeat_seconds >= 0"
+                "--max_memory_gb, --case_budget_seconds and --hang_seconds must be > 0; "
+                "--min_repeat_seconds must be >= 0"
             )
 
 
@@ -222,6 +227,7 @@ def compile_case(
     """Jits and compiles `function(*args)`, fills row["memory"] and row["compile_seconds"], and returns the
     case; status "skipped" when the compiled temp memory exceeds `max_bytes`, "error" when anything fails."""
     case = Case(row["name"], row)
+    logging.info("compiling %s", _describe(row))
     try:
         start = time.perf_counter()
         compiled = jax.jit(function, donate_argnums=donate_argnums).lower(*args).compile()
@@ -257,6 +263,11 @@ def compile_case(
     return case
 
 
+def _describe(row: dict[str, Any]) -> str:
+    sizes = ", ".join(f"{k}={row[k]}" for k in ("a_kind", "length", "context") if k in row)
+    return f"{row['name']} ({sizes})"
+
+
 def _timed_call(call: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     output = jax.block_until_ready(call())
@@ -264,18 +275,25 @@ def _timed_call(call: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def time_interleaved(
-    cases: Sequence[Case], repeats: int, min_repeat_seconds: float, budget_seconds: float
+    cases: Sequence[Case],
+    repeats: int,
+    min_repeat_seconds: float,
+    budget_seconds: float,
+    hang_seconds: float = 1800.0,
 ) -> None:
     """Times every runnable case round-robin and writes row["time"] (seconds per call) into each.
 
     Warm-up: one call per case (its output goes to case.check and is then dropped). Calls per repetition:
     enough to last `min_repeat_seconds` by the warm-up time. Repetitions: `repeats`, fewer for a case whose
     repetitions would exceed `budget_seconds` (at least 1). A failure marks that case "error" and drops it
-    from later rounds.
+    from later rounds. A warm-up or repetition that does not return within `hang_seconds` is taken for a hang
+    of the runtime: every thread's stack is printed and the process exits (the JSON keeps earlier sizes).
     """
     runnable = [c for c in cases if c.call is not None and c.row.get("status", "ok") == "ok"]
     plan: dict[str, tuple[int, int]] = {}
     for case in runnable:
+        logging.info("warm-up %s", _describe(case.row))
+        faulthandler.dump_traceback_later(hang_seconds, exit=True)
         try:
             warm_seconds, output = _timed_call(case.call)
             if case.check is not None:
@@ -290,10 +308,12 @@ def time_interleaved(
         case.row["warmup_seconds"] = warm_seconds
         case.row["_times"] = []
     for round_index in range(max((r for _, r in plan.values()), default=0)):
+        logging.info("timing round %d of %d cases", round_index + 1, len(plan))
         for case in runnable:
             if case.name not in plan or case.row.get("status") != "ok" or round_index >= plan[case.name][1]:
                 continue
             calls = plan[case.name][0]
+            faulthandler.dump_traceback_later(hang_seconds, exit=True)
             try:
                 start = time.perf_counter()
                 for _ in range(calls):
@@ -301,6 +321,7 @@ def time_interleaved(
                 case.row["_times"].append((time.perf_counter() - start) / calls)
             except Exception as exc:  # noqa: BLE001
                 case.row.update(status="error", reason=f"run: {_error_text(exc)}")
+    faulthandler.cancel_dump_traceback_later()
     for case in runnable:
         times = case.row.pop("_times", None)
         if case.row.get("status") == "ok" and times:
@@ -472,7 +493,11 @@ def scan_suite(settings: Settings, checkpoint: Callable[[], None], results: dict
             cases.append(Case(NUMPY_COPY, copy_row, call=lambda d=destination, s=b_host: np.copyto(d, s)))
             rows.append(copy_row)
             time_interleaved(
-                cases, settings.repeats, settings.min_repeat_seconds, settings.case_budget_seconds
+                cases,
+                settings.repeats,
+                settings.min_repeat_seconds,
+                settings.case_budget_seconds,
+                settings.hang_seconds,
             )
             _scan_ratios([c.row for c in cases])
             del a, b, a_host, b_host, destination, references, cases
@@ -682,7 +707,13 @@ def mixers_suite(settings: Settings, checkpoint: Callable[[], None], results: di
             except Exception as exc:  # noqa: BLE001
                 row.update(status="error", reason=f"build: {_error_text(exc)}")
             rows.append(row)
-        time_interleaved(cases, settings.repeats, settings.min_repeat_seconds, settings.case_budget_seconds)
+        time_interleaved(
+            cases,
+            settings.repeats,
+            settings.min_repeat_seconds,
+            settings.case_budget_seconds,
+            settings.hang_seconds,
+        )
         _versus_softmax([r for r in rows if r["length"] == length])
         del cases
         checkpoint()
@@ -714,7 +745,7 @@ def _decode_case(
     random keys / values and every integer counter (the cache index) at context - 1: the timed step writes
     token `context` and attends over all `context`; the counter is put back after each step so every call sees
     the same context. Recurrent mixers have a state whose size does not depend on the context: the step is
-    timed from init_state, feeding each call's state into the next (donated, so it is updated in place).
+    timed from init_state, feeding each call's state into the next.
 
     Parameters do not depend on max_decode_len, so they are initialised once per mixer and set of other
     options and kept in `variables_cache` (each initialisation compiles the mixer's parallel form).
@@ -762,7 +793,15 @@ def _decode_case(
         return new_state, y_t
 
     return compile_case(
-        row, decode_step, (state, variables, x_t), settings.max_memory_gb * GIB, donate_argnums=(0,)
+        row,
+        decode_step,
+        (state, variables, x_t),
+        settings.max_memory_gb * GIB,
+        # Donated (updated in place) only for key-value caches, where copying the cache every step would
+        # distort the measurement. Not for the small constant-size states: with the S4 step, feeding a
+        # donated state back hangs the XLA CPU runtime after a few to a few dozen calls (jax 0.10.2;
+        # the same loop without donation runs).
+        donate_argnums=(0,) if kv_cache else (),
     )
 
 
@@ -793,7 +832,13 @@ def decode_suite(settings: Settings, checkpoint: Callable[[], None], results: di
                 except Exception as exc:  # noqa: BLE001
                     row.update(status="error", reason=f"build: {_error_text(exc)}")
             rows.append(row)
-        time_interleaved(cases, settings.repeats, settings.min_repeat_seconds, settings.case_budget_seconds)
+        time_interleaved(
+            cases,
+            settings.repeats,
+            settings.min_repeat_seconds,
+            settings.case_budget_seconds,
+            settings.hang_seconds,
+        )
         context_rows = [r for r in rows if r["context"] == context]
         softmax = next((r for r in context_rows if r["mixer"] == SOFTMAX), None)
         for row in context_rows:
@@ -1132,6 +1177,11 @@ _MAX_MEMORY_GB = flags.DEFINE_float(
     Settings.max_memory_gb,
     "Skip (with a note) cases whose compiled XLA temp memory exceeds this.",
 )
+_HANG_SECONDS = flags.DEFINE_float(
+    "hang_seconds",
+    Settings.hang_seconds,
+    "A warm-up or repetition taking longer is a hang: print all stacks and exit (earlier sizes are saved).",
+)
 _IMPORT_ALL = flags.DEFINE_bool(
     "import_all_model_modules", True, "Import every module under models/ so that all mixers register."
 )
@@ -1170,6 +1220,7 @@ def settings_from_flags() -> Settings:
         min_repeat_seconds=_MIN_REPEAT_SECONDS.value,
         case_budget_seconds=_CASE_BUDGET_SECONDS.value,
         max_memory_gb=_MAX_MEMORY_GB.value,
+        hang_seconds=_HANG_SECONDS.value,
         import_all_model_modules=_IMPORT_ALL.value,
         seed=_SEED.value,
     )
@@ -1182,6 +1233,8 @@ def settings_from_flags() -> Settings:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # `kill -USR1 <pid>` prints every thread's Python stack to stderr (to see where a long run is).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     settings = settings_from_flags()
     results = run(settings)
     print(
