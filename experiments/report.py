@@ -17,8 +17,8 @@ From Python:
     print(report.markdown_table(rows))
 
 Rows are ordered by task, then finished runs by test accuracy (best first), then running runs, ties broken by
-mixer and workdir. Plots need matplotlib, which is optional: without it `plot_curves` says so and returns
-False.
+mixer and workdir. `plot_curves` draws with matplotlib's Agg canvas directly (no pyplot, no display, and the
+backend of a notebook that imports this module is left alone).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -246,26 +245,25 @@ def training_curves(records: Sequence[dict[str, Any]]) -> dict[str, tuple[list[i
     return {name: (sorted(points), [points[s] for s in sorted(points)]) for name, points in curves.items()}
 
 
-def plot_curves(rows: Sequence[dict[str, Any]], path: str) -> bool:
+def plot_curves(rows: Sequence[dict[str, Any]], path: str) -> str:
     """Writes train loss and validation accuracy against step, one line per workdir, to the PNG `path`.
 
-    Returns False (after saying so on stderr) when matplotlib is not installed: it is an optional dependency.
+    Returns `path`. The figure is drawn on an Agg canvas of its own rather than through pyplot, so it needs no
+    display and changes no global matplotlib state.
     """
-    try:
-        import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"matplotlib is not installed: skipping the plot {path} (pip install matplotlib to get it)",
-              file=sys.stderr)
-        return False
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(figure)
+    loss_axis, accuracy_axis = figure.subplots(1, 2)
     for row in rows:
         curves = training_curves(read_metrics(os.path.join(row["workdir"], METRICS_FILE)))
         name = os.path.basename(os.path.normpath(row["workdir"]))
         label = f"{row['task'] or '?'} / {row['mixer'] or '?'} ({name})"
-        loss_axis.plot(*curves["train_loss"], label=label)
+        # A run with a single logged step would draw an invisible line of one point: mark the point instead.
+        loss_axis.plot(*curves["train_loss"], marker="o" if len(curves["train_loss"][0]) == 1 else None,
+                       markersize=3, label=label)
         accuracy_axis.plot(*curves["val_accuracy"], marker="o", markersize=3, label=label)
     loss_axis.set(xlabel="step", ylabel="train loss", title="Training loss")
     accuracy_axis.set(xlabel="step", ylabel="validation accuracy", title="Validation accuracy")
@@ -274,9 +272,8 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str) -> bool:
     if rows:
         accuracy_axis.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
+    figure.savefig(path, dpi=120, format="png")
+    return path
 
 
 # -------------------------------------------------------------------------------------------- command line
@@ -307,7 +304,7 @@ def define_flags() -> None:
     flags.DEFINE_list("workdirs", [], "Comma-separated workdirs of experiments/train.py.")
     flags.DEFINE_string("root", "", "Directory searched (recursively) for workdirs.")
     flags.DEFINE_string("out", "", "Also write the markdown table to this file.")
-    flags.DEFINE_string("plot", "", "Write training curves to this PNG (needs matplotlib).")
+    flags.DEFINE_string("plot", "", "Also write the training curves to this PNG.")
 
 
 def main(argv: list[str]) -> None:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 
+import matplotlib.colors
+import matplotlib.image
+import numpy as np
 import pytest
 
 from experiments import report
@@ -158,15 +162,56 @@ def test_find_workdirs_scans_nested_directories_but_not_inside_a_workdir(runs):
     assert report.find_workdirs(str(root)) == sorted(dirs.values())
 
 
-def test_report_function_writes_the_table_and_skips_the_plot_without_matplotlib(runs, tmp_path, monkeypatch,
-                                                                                capsys):
+def assert_png(path, width, height):
+    """`path` is a PNG of the given size in pixels with real content (not a blank or truncated file)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
+    assert data[12:16] == b"IHDR" and struct.unpack(">II", data[16:24]) == (width, height)
+    assert data[-8:-4] == b"IEND"  # complete, not cut short
+    assert len(data) > 15_000, len(data)  # two labelled axes at least; a blank figure of this size is ~4.4 KB
+
+
+def line_pixels(path, color):
+    """How many pixels of the PNG at `path` have the RGB colour `color` (a matplotlib colour spec)."""
+    rgb = matplotlib.image.imread(str(path))[..., :3]
+    return int(np.all(np.abs(rgb - np.asarray(matplotlib.colors.to_rgb(color))) < 0.02, axis=-1).sum())
+
+
+def test_report_function_writes_the_table_and_the_plot(runs, tmp_path):
     root, _ = runs
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails, as when it is not installed
     out, plot = tmp_path / "results.md", tmp_path / "curves.png"
     table = report.report(root=str(root), out=str(out), plot=str(plot))
     assert out.read_text() == table and len(table_rows(table)) == 4
-    assert not plot.exists()
-    assert "matplotlib is not installed: skipping the plot" in capsys.readouterr().err
+    assert_png(plot, 12 * 120, int(4.5 * 120))
+
+
+def test_plot_draws_one_curve_per_workdir(runs, tmp_path):
+    _, dirs = runs
+    rows = report.collect([dirs["lru"], dirs["s5"], dirs["running"]])  # table order: s5, lru, rtf -> C0, C1, C2
+    path = tmp_path / "curves.png"
+    assert report.plot_curves(rows, str(path)) == str(path)
+    assert_png(path, 1440, 540)
+    # s5 logged one step (a marker on each plot); lru and the running rtf have lines. A legend entry alone is
+    # ~44 pixels of its colour, the two markers ~40 more, lru's lines ~1,000, rtf's ~350.
+    counts = {color: line_pixels(path, color) for color in ("C0", "C1", "C2", "C3")}
+    assert counts["C0"] > 70 and counts["C1"] > 500 and counts["C2"] > 200, counts
+    assert counts["C3"] == 0, counts  # no fourth workdir
+    empty = tmp_path / "empty.png"
+    report.plot_curves([], str(empty))
+    assert line_pixels(empty, "C1") == 0
+
+
+def test_plotting_leaves_the_pyplot_backend_alone(runs, tmp_path):
+    """A notebook's (inline) backend must survive a call: plot_curves draws on its own Agg canvas."""
+    _, dirs = runs
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands in for a notebook's backend: anything but Agg
+    try:
+        report.plot_curves(report.collect([dirs["lru"]]), str(tmp_path / "curves.png"))
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert_png(tmp_path / "curves.png", 1440, 540)
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path):
@@ -178,22 +223,15 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
 
 def test_command_line(runs, tmp_path):
     root, dirs = runs
-    out = tmp_path / "table.md"
+    out, plot = tmp_path / "table.md", tmp_path / "curves.png"
     result = subprocess.run([sys.executable, "-m", "experiments.report",
-                             f"--workdirs={dirs['s5']},{dirs['running']}", f"--out={out}"],
+                             f"--workdirs={dirs['s5']},{dirs['running']}", f"--out={out}", f"--plot={plot}"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
     assert [r[1] for r in rows] == ["s5", "rtf"] and rows[1][5] == "running"
     assert out.read_text() == result.stdout
+    assert_png(plot, 1440, 540)
     failed = subprocess.run([sys.executable, "-m", "experiments.report", f"--root={tmp_path / 'nothing'}"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert failed.returncode != 0 and "is not a directory" in failed.stderr
-
-
-def test_plot_is_written_when_matplotlib_is_installed(runs, tmp_path):
-    pytest.importorskip("matplotlib")
-    root, dirs = runs
-    plot = tmp_path / "curves.png"
-    assert report.plot_curves(report.collect(list(dirs.values())), str(plot))
-    assert plot.read_bytes().startswith(b"\x89PNG")
