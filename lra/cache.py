@@ -1,11 +1,14 @@
 """Preprocessed-array caches shared by the readers: one .npz per source, valid while the source files keep their
 sizes and modification times (and CACHE_VERSION holds). Writes are atomic; an unwritable directory means no cache.
+A damaged cache file (truncated, garbled, or with headers that do not match its contents) is never an error and
+never trusted: `read_cache` reports a miss and the reader rebuilds it from the source files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -33,15 +36,57 @@ def cache_key(*parts: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def read_cache(cache_path: str, key: str) -> dict[str, np.ndarray] | None:
-    """The arrays stored at `cache_path` if its key equals `key`; None when missing, stale or unreadable."""
+def read_cache(cache_path: str, key: str, names: Iterable[str] = ()) -> dict[str, np.ndarray] | None:
+    """The arrays stored at `cache_path` if its key equals `key` and it holds every array in `names`.
+
+    None (rebuild the cache) when the file is missing, stale, lacks an expected array, or is damaged in any way:
+    a cache is only an optimisation, so no error is raised from here. The file is read defensively, as
+    `write_cache` writes it (an uncompressed zip of .npy members): a member whose .npy header declares more
+    bytes than the member holds, or an object (pickled) array, is refused before anything is allocated.
+    """
     try:
-        with np.load(cache_path) as cached:
-            if str(cached["key"]) != key:
-                return None
-            return {name: cached[name] for name in cached.files}
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None  # rebuild it
+        file_size = os.path.getsize(cache_path)
+        with zipfile.ZipFile(cache_path) as archive:
+            arrays = {}
+            for info in archive.infolist():
+                stored = info.compress_type == zipfile.ZIP_STORED and info.compress_size == info.file_size
+                if not stored or info.file_size > file_size or not info.filename.endswith(".npy"):
+                    return None
+                with archive.open(info) as member:
+                    arrays[info.filename[: -len(".npy")]] = _read_member(member, info.file_size)
+    except Exception:  # any damage (zip structure, .npy header, CRC, memory) means: rebuild
+        return None
+    if "key" not in arrays or str(arrays["key"]) != key or any(name not in arrays for name in names):
+        return None
+    return arrays
+
+
+_READ_CHUNK = 1 << 24  # bytes copied at a time from a cache member into its array
+
+
+def _read_member(member, member_size: int) -> np.ndarray:
+    """One .npy member of a cache, its header checked against the member's size before anything is allocated."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+        raise ValueError(f".npy version {version} is never written by write_cache")
+    if dtype.hasobject:
+        raise ValueError("object arrays are never cached")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != member_size - member.tell():
+        raise ValueError(f"the .npy header declares {shape} {dtype}, the member holds {member_size} bytes")
+    array = np.empty(shape[::-1] if fortran_order else shape, dtype=dtype)
+    if nbytes:
+        flat = array.reshape(-1).view(np.uint8)
+        for start in range(0, nbytes, _READ_CHUNK):
+            piece = member.read(min(_READ_CHUNK, nbytes - start))
+            if not piece:
+                raise ValueError("cache member ends early")
+            flat[start : start + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+    return array.T if fortran_order else array
 
 
 def write_cache(cache_path: str, key: str, arrays: dict[str, np.ndarray]) -> None:

@@ -395,7 +395,8 @@ def read_tsv(path: str) -> tuple[list[str], np.ndarray]:
       (sources, targets): the source strings and an (n,) int32 array of targets; row i sits on line i + 2.
     Raises:
       LRADataError naming the file and line: empty file, wrong header, a line that is not UTF-8, a row
-      without exactly two tab-separated columns (blank lines included), or a target other than '0'..'9'.
+      without exactly two tab-separated columns (blank lines included), or a target other than '0'..'9';
+      naming the file when it holds no row after the header.
     """
     sources: list[str] = []
     targets: list[int] = []
@@ -430,6 +431,8 @@ def read_tsv(path: str) -> tuple[list[str], np.ndarray]:
             targets.append(_TARGETS[target_text])
     if line_number == 0:
         raise LRADataError(f"{path}: empty file; expected a header line 'Source<TAB>Target' and rows")
+    if not sources:
+        raise LRADataError(f"{path}: no rows after the header; an empty split cannot be used")
     return sources, np.asarray(targets, dtype=np.int32)
 
 
@@ -532,7 +535,8 @@ def load_listops(
         )
     cache_path = os.path.join(data_dir, f"{task}_tokens.cache.npz")
     key = cache.cache_key("listops", TOKENIZER_VERSION, cache.file_stamps(paths))
-    arrays = cache.read_cache(cache_path, key) if use_cache else None
+    names = [f"{split}_{name}" for split in SPLITS for name in ("flat", "lengths", "labels")]
+    arrays = cache.read_cache(cache_path, key, names) if use_cache else None
     if arrays is None:
         arrays = {}
         for split, path in zip(SPLITS, paths):

@@ -47,7 +47,10 @@ distribution. S4/S5 instead split randomly with seed 42; not reproduced.)
 Skipped examples: an empty (0-byte) PNG or an image whose pixels are all 0 is skipped with a warning, as LRA
 filters empty images and S4 blacklists the empty `pathfinder32/curv_baseline/imgs/0/sample_172.png`. Anything
 else malformed (truncated PNG, wrong size, bad metadata row, missing file) raises LRADataError naming the
-file.
+file (the metadata file and line for a bad row, the image file for a bad image), and so does a dataset with no
+example left. A metadata row must name
+`imgs/<batch>/<file>.png` inside the dataset directory (no `..`, no absolute path). Sizes declared in PNG and
+.npy headers are checked before anything that large is allocated or inflated.
 
 Cost (CPU time per image, measured with this code): resolution 32 easy 2 ms, intermediate 4 ms, hard 16 ms;
 64 hard 0.45 s; 128 hard (Path-X) 0.16 s; 256 hard 0.07 s. Almost all of it is failed attempts at the two
@@ -65,6 +68,7 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -73,6 +77,7 @@ import struct
 import sys
 import tempfile
 import time
+import tokenize
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -700,12 +705,17 @@ def _unfilter(raw: bytes, height: int, width: int, where: str) -> np.ndarray:
     return image
 
 
-def decode_png(data: bytes, where: str | None = None) -> np.ndarray:
+PNG_MAX_SIDE = (1 << 31) - 1  # the PNG specification's limit on width and height
+
+
+def decode_png(data: bytes, where: str | None = None, *, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
     """(H, W) uint8 pixels of an 8-bit grayscale, non-interlaced PNG (any of the filter types 0-4).
 
     Raises LRADataError naming `where` for: a missing signature, truncation (a chunk cut short, no IEND, an
-    incomplete zlib stream or too few pixel bytes), a CRC mismatch, and formats other than 8-bit grayscale
-    (colour, palette, alpha, 1/2/4/16-bit, interlaced). Ancillary chunks are ignored.
+    incomplete zlib stream or too few pixel bytes), more compressed pixel data than the header's size needs, a CRC
+    mismatch, and formats other than 8-bit grayscale (colour, palette, alpha, 1/2/4/16-bit, interlaced).
+    Ancillary chunks are ignored. With `expected_shape`, a header of another size is refused before inflating.
+    Memory: the pixel data are inflated only up to the size the header declares (a zlib bomb stops there).
     """
     if not data.startswith(PNG_SIGNATURE):
         raise LRADataError(located(where, "not a PNG file (missing the 8-byte PNG signature)"))
@@ -735,15 +745,19 @@ def decode_png(data: bytes, where: str | None = None) -> np.ndarray:
             header = struct.unpack(">IIBBBBB", body)
             width, height, bit_depth, color_type, compression, filter_method, interlace = header
             if (bit_depth, color_type, compression, filter_method, interlace) != (8, 0, 0, 0, 0) or not (
-                width and height
+                1 <= width <= PNG_MAX_SIDE and 1 <= height <= PNG_MAX_SIDE
             ):
                 raise LRADataError(
                     located(
                         where,
                         f"unsupported PNG format: {width}x{height}, bit depth {bit_depth}, colour type "
                         f"{color_type} ({_COLOR_TYPES.get(color_type, 'unknown')}), interlace {interlace}; "
-                        "expected 8-bit grayscale (colour type 0), non-interlaced",
+                        f"expected 8-bit grayscale (colour type 0), non-interlaced, sides 1..{PNG_MAX_SIDE}",
                     )
+                )
+            if expected_shape is not None and (height, width) != tuple(expected_shape):
+                raise LRADataError(
+                    located(where, f"image is {height}x{width}, expected {expected_shape[0]}x{expected_shape[1]}")
                 )
         elif kind == b"IDAT":
             compressed.append(body)
@@ -754,16 +768,22 @@ def decode_png(data: bytes, where: str | None = None) -> np.ndarray:
                 located(where, f"unsupported PNG: critical chunk {kind!r} in a grayscale image")
             )
     width, height = header[0], header[1]
+    needed = height * (width + 1)  # a filter byte per row; at most ~2**62, within zlib's max_length
     decompressor = zlib.decompressobj()
     try:
-        raw = decompressor.decompress(b"".join(compressed))
+        raw = decompressor.decompress(b"".join(compressed), needed)
+        extra = b"" if decompressor.eof else decompressor.decompress(decompressor.unconsumed_tail, 1)
     except zlib.error as error:
         raise LRADataError(located(where, f"corrupt PNG: bad compressed image data ({error})")) from None
-    if not decompressor.eof or len(raw) < height * (width + 1):
+    if extra:
         raise LRADataError(
-            located(where, f"truncated PNG: {len(raw)} bytes of pixel data, expected {height * (width + 1)}")
+            located(where, f"corrupt PNG: more compressed pixel data than the {width}x{height} header needs")
         )
-    return _unfilter(raw[: height * (width + 1)], height, width, where)
+    if not decompressor.eof or len(raw) < needed:
+        raise LRADataError(
+            located(where, f"truncated PNG: {len(raw)} bytes of pixel data, expected {needed}")
+        )
+    return _unfilter(raw, height, width, where)
 
 
 def read_png(path: str) -> np.ndarray:
@@ -791,28 +811,58 @@ def metadata_row(batch: int, index: int, label: int, params: PathfinderParams, m
     return " ".join(field if isinstance(field, str) else _format_number(field) for field in fields)
 
 
+def _binary_metadata_lines(content: bytes, path: str) -> list[str]:
+    """Rows of a binary .npy metadata file (a 2-D string array), joined by spaces; the header is checked against
+    the file's size before anything is allocated, and object (pickled) arrays are refused."""
+    handle = io.BytesIO(content)
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+    except (ValueError, SyntaxError, tokenize.TokenError, RecursionError, MemoryError, TypeError, KeyError) as error:
+        raise LRADataError(f"{path}: cannot read binary metadata ({type(error).__name__}: {error})") from None
+    if dtype.kind not in "SU" or len(shape) != 2 or min(shape) < 0:
+        raise LRADataError(
+            f"{path}: binary metadata must be a 2-D array of strings, got shape {shape} of {dtype}"
+        )
+    available = len(content) - handle.tell()
+    if math.prod(shape) * dtype.itemsize != available:
+        raise LRADataError(
+            f"{path}: binary metadata declares {shape} of {dtype}, which the {available} bytes after the header "
+            "do not hold exactly (truncated or trailing data)"
+        )
+    order = "F" if fortran_order else "C"
+    array = np.frombuffer(content, dtype=dtype, offset=handle.tell()).reshape(shape, order=order)
+    lines = []
+    for row_number, row in enumerate(array, start=1):
+        try:
+            lines.append(" ".join(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in row))
+        except UnicodeDecodeError as error:
+            raise LRADataError(
+                located(f"{path}, row {row_number}", f"metadata is not UTF-8 text ({error.reason})")
+            ) from None
+    return lines
+
+
 def read_metadata(path: str) -> list[tuple[str, str, int]]:
     """Rows (subdir, filename, label) of one metadata file, in file order.
 
     Text (the LRA copies): split on '\\n', a trailing empty line dropped (LRA's `[:-1]`, but a last line
-    without a newline is kept), each line split on single spaces; field 0 must be `imgs/<batch>`, field 1 a
-    `.png` name
-    and field 3 the label 0 or 1. A binary .npy (the array [PF] saved) is read with np.load (no pickles).
-    Raises LRADataError naming the file and line for a malformed row, and for an undecodable file.
+    without a newline is kept), each line split on single spaces; field 0 must be `imgs/<batch>` (one path
+    component, not `.` or `..`), field 1 a `.png` file name (no directory) and field 3 the label 0 or 1; no
+    field may hold a NUL. A binary .npy (the 2-D string array [PF] saved) is read without pickles, its header
+    checked against the file's size. Raises LRADataError naming the file and line (row) for a malformed row, and
+    naming the file when it cannot be read or decoded.
     """
-    with open(path, "rb") as handle:
-        content = handle.read()
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read()
+    except OSError as error:
+        raise LRADataError(f"{path}: cannot read the metadata file ({error.strerror or error})") from None
     if content.startswith(b"\x93NUMPY"):
-        try:
-            with open(path, "rb") as handle:
-                array = np.load(handle, allow_pickle=False)
-        except ValueError as error:
-            raise LRADataError(f"{path}: cannot read binary metadata ({error})") from None
-        if array.ndim != 2:
-            raise LRADataError(
-                f"{path}: binary metadata must be a 2-D array of strings, got shape {array.shape}"
-            )
-        lines = [" ".join(str(v.decode() if isinstance(v, bytes) else v) for v in row) for row in array]
+        lines = _binary_metadata_lines(content, path)
     else:
         try:
             text = content.decode("utf-8")
@@ -835,7 +885,15 @@ def read_metadata(path: str) -> list[tuple[str, str, int]]:
                 )
             )
         subdir, filename, label = fields[0], fields[1], fields[3]
-        if not subdir.startswith("imgs/") or "/" in filename or not filename.endswith(".png"):
+        batch = subdir[len("imgs/") :]
+        if (
+            not subdir.startswith("imgs/")
+            or batch in ("", ".", "..")
+            or "/" in batch
+            or "/" in filename
+            or not filename.endswith(".png")
+            or "\x00" in subdir + filename
+        ):
             raise LRADataError(
                 located(
                     where, f"expected 'imgs/<batch> sample_<i>.png ...', got {' '.join(fields[:2])[:80]!r}"
@@ -873,6 +931,8 @@ def read_index(dataset_dir: str) -> tuple[list[str], np.ndarray]:
         for subdir, filename, label in read_metadata(metadata_path):
             paths.append(os.path.join(dataset_dir, subdir, filename))
             labels.append(label)
+    if not paths:
+        raise LRADataError(f"{os.path.join(dataset_dir, 'metadata')}: no examples listed in the metadata files")
     return paths, np.asarray(labels, dtype=np.int32)
 
 
@@ -910,11 +970,7 @@ def _read_block(task: tuple[list[str], int]) -> tuple[np.ndarray, np.ndarray]:
             ) from None
         if not data:
             continue
-        image = decode_png(data, path)
-        if image.shape != (resolution, resolution):
-            raise LRADataError(
-                f"{path}: image is {image.shape[0]}x{image.shape[1]}, expected {resolution}x{resolution}"
-            )
+        image = decode_png(data, path, expected_shape=(resolution, resolution))
         if image.any():
             out[row] = image.reshape(-1)
             keep[row] = True
@@ -943,6 +999,10 @@ def _iterate_blocks(paths: list[str], resolution: int, num_workers: int | None):
 
 
 def _warn_skipped(skipped: list[str], total: int) -> None:
+    if len(skipped) == total:
+        raise LRADataError(
+            f"Pathfinder: no examples left, all {total} images are empty files or all black (first: {skipped[0]})"
+        )
     if skipped:
         warnings.warn(
             f"Pathfinder: skipped {len(skipped)} of {total} images that are empty files or all black "
@@ -1044,12 +1104,32 @@ def build_cache(
         raise
 
 
-def _cache_is_valid(cache_path: str, key: dict[str, Any]) -> bool:
+def _open_cache(cache_path: str, key: dict[str, Any], resolution: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(inputs memmap, labels) of a cache built for `key`; None when it is missing, stale or damaged in any way.
+
+    Both arrays are opened as memory maps first, so a damaged .npy header cannot make this allocate: a shape that
+    the file does not hold fails to map. Only then are the shapes compared with info.json and the labels copied.
+    """
     try:
         with open(os.path.join(cache_path, "info.json")) as handle:
-            return json.load(handle)["key"] == json.loads(json.dumps(key))
-    except (OSError, ValueError, KeyError):
-        return False
+            info = json.load(handle)
+        if not isinstance(info, dict) or info.get("key") != json.loads(json.dumps(key)):
+            return None
+        count = info["num_examples"]
+        inputs = np.load(os.path.join(cache_path, "inputs.npy"), mmap_mode="r", allow_pickle=False)
+        labels = np.load(os.path.join(cache_path, "labels.npy"), mmap_mode="r", allow_pickle=False)
+        if (
+            not isinstance(count, int)
+            or inputs.shape != (count, resolution * resolution)
+            or inputs.dtype != np.uint8
+            or labels.shape != (count,)
+            or labels.dtype != np.int32
+            or not np.isin(labels, (0, 1)).all()
+        ):
+            return None
+        return inputs, np.array(labels)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, RecursionError):
+        return None
 
 
 def split_positions(num_examples: int) -> dict[str, tuple[int, int]]:
@@ -1088,7 +1168,10 @@ def load_pathfinder(
       padding. Split sizes follow `split_positions`.
     The cache is valid while the dataset directory and its metadata files keep their paths, sizes and mtimes
     (images replaced in place without touching the metadata are not noticed: delete the cache then). A cache
-    made stale that way is left on disk, not deleted.
+    made stale that way is left on disk, not deleted. A damaged cache (unreadable info.json, arrays whose
+    headers or sizes disagree with it) is rebuilt.
+    Raises LRADataError naming the file for malformed metadata or images, and when no example is listed or
+    every image is skipped (empty or all black).
     """
     if resolution not in RESOLUTIONS:
         raise ValueError(f"unsupported Pathfinder resolution {resolution!r}; expected one of {RESOLUTIONS}")
@@ -1098,7 +1181,8 @@ def load_pathfinder(
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         root = cache_dir if cache_dir is not None else os.path.join(dataset_dir, "cache")
         cache_path = os.path.join(root, f"pathfinder{resolution}-{difficulty_dir(difficulty)}-{digest}")
-        if not _cache_is_valid(cache_path, key):
+        cached = _open_cache(cache_path, key, resolution)
+        if cached is None:  # missing, stale or damaged: (re)build it
             try:
                 build_cache(dataset_dir, resolution, cache_path, num_workers=num_workers)
             except OSError as error:
@@ -1106,11 +1190,12 @@ def load_pathfinder(
                     f"Pathfinder: cannot write the cache in {root} ({error}); reading into memory",
                     stacklevel=2,
                 )
-                cache_path = None
-        if cache_path is not None:
-            inputs = np.load(os.path.join(cache_path, "inputs.npy"), mmap_mode="r")
-            labels = np.load(os.path.join(cache_path, "labels.npy"))
-            return _splits(inputs, labels)
+            else:
+                cached = _open_cache(cache_path, key, resolution)
+                if cached is None:
+                    raise LRADataError(f"{cache_path}: the cache just built cannot be read back")
+        if cached is not None:
+            return _splits(*cached)
     inputs, labels = read_pathfinder_examples(dataset_dir, resolution, num_workers=num_workers)
     return _splits(inputs, labels)
 

@@ -135,7 +135,8 @@ def load_retrieval(data_dir: str, seq_len: int = 4000, *, use_cache: bool = True
     byte_limit = min(seq_len, RAW_BYTE_LIMIT)
     key = cache.cache_key("retrieval", byte_limit, cache.file_stamps(paths.values()))
     cache_path = os.path.join(directory, f"new_aan_pairs.bytes{byte_limit}.cache.npz")
-    arrays = cache.read_cache(cache_path, key) if use_cache else None
+    names = [f"{split}_{name}" for split in SPLIT_FILES for name in ("flat", "lengths", "full_lengths", "labels")]
+    arrays = cache.read_cache(cache_path, key, names) if use_cache else None
     if arrays is None:
         arrays = {}
         for split, path in paths.items():

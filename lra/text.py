@@ -85,9 +85,16 @@ def list_review_files(root: str, split: str) -> list[tuple[str, int]]:
 
 
 def read_review(path: str) -> bytes:
-    """The raw bytes of one review file, stripped of surrounding ASCII whitespace; empty -> LRADataError."""
-    with open(path, "rb") as handle:
-        text = handle.read().strip()
+    """The raw bytes of one review file, stripped of surrounding ASCII whitespace.
+
+    Raises LRADataError naming the file when it is empty (or only whitespace) or cannot be read (e.g. a
+    directory named `*.txt`).
+    """
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().strip()
+    except OSError as error:
+        raise LRADataError(f"{path}: cannot read the review file ({error.strerror or error})") from None
     if not text:
         raise LRADataError(f"{path}: empty review (a truncated download or extraction?)")
     return text
@@ -181,7 +188,8 @@ def load_text(
       the TSV directory), valid while every source file keeps its size and mtime. It does not depend on
       seq_len, val_fraction or seed. An unwritable directory just means no cache.
     Raises:
-      LRADataError naming the path: missing directory or file, empty split, empty review, malformed TSV line.
+      LRADataError naming the path: missing directory or file, empty split, empty or unreadable review,
+      malformed TSV line, too few training examples for a validation split; ValueError for bad arguments.
     Cost: O(total bytes) to read (IMDB: ~65 MB, 50k files), O(n * seq_len) to pad.
     """
     if seq_len < 1:
@@ -190,7 +198,8 @@ def load_text(
     paths = _source_paths(kind, root)
     key = cache.cache_key("text", kind, cache.file_stamps(paths, relative_to=root))
     cache_path = os.path.join(root, CACHE_NAME)
-    arrays = cache.read_cache(cache_path, key) if use_cache else None
+    names = [f"{split}_{name}" for split in DISK_SPLITS for name in ("flat", "lengths", "labels")]
+    arrays = cache.read_cache(cache_path, key, names) if use_cache else None
     if arrays is None:
         arrays = {}
         for split in DISK_SPLITS:
@@ -200,7 +209,14 @@ def load_text(
         if use_cache:
             cache.write_cache(cache_path, key, arrays)
 
-    train_rows, val_rows = split_validation(len(arrays["train_labels"]), val_fraction, seed)
+    num_train = len(arrays["train_labels"])
+    try:
+        train_rows, val_rows = split_validation(num_train, val_fraction, seed)
+    except ValueError as error:
+        if not 0.0 < val_fraction < 1.0:
+            raise  # a bad argument, not bad data
+        source = paths[0] if kind == "tsv" else os.path.join(root, "train")
+        raise LRADataError(f"{source}: too few training examples to carve a validation split: {error}") from None
     selections = {
         "train": ("train", train_rows),
         "val": ("train", val_rows),
