@@ -41,6 +41,12 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _quiet_library_logs()
+    from experiments.validation import ConfigError, validate_config
+
+    try:  # before JAX starts: a bad flag fails here in about a second, naming the key
+        validate_config(_CONFIG.value)
+    except ConfigError as error:
+        sys.exit(f"invalid --config: {error}")
     import jax
 
     if _COORDINATOR.value:

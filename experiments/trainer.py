@@ -41,9 +41,10 @@ import lra
 from experiments import data as data_lib
 from experiments.optim import make_optimizer
 from experiments.optim import schedule as schedule_fn
+from experiments.validation import validate_config
 from lra.batching import BatchSchedule, eval_batches
 from models import mixer_class, param_groups
-from models.encoder import Classifier, DualClassifier, SequenceEncoder
+from models.encoder import DTYPES, Classifier, DualClassifier, SequenceEncoder
 
 State = dict[str, Any]
 Prepare = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
@@ -132,11 +133,14 @@ def build_model(config: ml_collections.ConfigDict, spec: lra.TaskSpec) -> nn.Mod
                          f"{INPUT_ENCODINGS}")
     if model_cfg.input_encoding == "linear" and spec.padded:
         raise ValueError(f"--config.model.input_encoding='linear' needs a pixel task; {spec.name!r} has tokens")
+    dtype = model_cfg.get("dtype", "float32")  # activations; parameters, norms and logits stay float32
+    if dtype not in DTYPES:
+        raise ValueError(f"--config.model.dtype={dtype!r}: expected one of {DTYPES}")
     encoder = SequenceEncoder(
         vocab_size=spec.vocab_size if model_cfg.input_encoding == "embed" else None, d_model=model_cfg.d_model,
         n_layers=model_cfg.n_layers, mixer=model_cfg.mixer,
         mixer_options=mixer_options, bidirectional=bidirectional, norm=model_cfg.norm,
-        residual=model_cfg.residual, dropout=model_cfg.dropout, pooling=model_cfg.pooling)
+        residual=model_cfg.residual, dropout=model_cfg.dropout, pooling=model_cfg.pooling, dtype=jnp.dtype(dtype))
     if spec.dual_input:
         return DualClassifier(encoder=encoder, num_classes=spec.num_classes)
     return Classifier(encoder=encoder, num_classes=spec.num_classes)
@@ -472,6 +476,7 @@ def _count_params(params: Any) -> int:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains, validates, checkpoints and tests; returns the contents of results.json."""
     start_time = time.time()
+    validate_config(config, trace=True)  # every key, range and mixer option, before anything is built
     if config.train.nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"--config.train.nonfinite={config.train.nonfinite!r}: expected one of {NONFINITE_POLICIES}")
     check_workdir(workdir)

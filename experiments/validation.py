@@ -1,0 +1,697 @@
+"""Checks a training config before anything is built, so a bad value fails in a second, not after compilation.
+
+    from experiments.validation import ConfigError, validate_config
+    validate_config(config)              # raises ConfigError naming every bad key, e.g.
+    # config.train.batch_size: expected a positive int, got -3
+
+What is checked (every message names the key as `config.<section>.<key>` and says what was expected):
+  * keys and types against the schema: experiments/configs/base.py plus the task-specific keys that the task
+    files in experiments/configs/ add (data.listops, data.pathfinder, data.val_size, ...). Unknown keys, missing
+    base keys and wrong types are errors; ints are accepted where floats are expected; a placeholder of the base
+    schema (model.bidirectional) may be None;
+  * ranges and enumerations: positive sizes, steps and learning rates, 0 <= dropout < 1, b1 / b2 in [0, 1),
+    norm / residual / pooling / input_encoding / dtype / nonfinite / data.source, the task name (lra task
+    registry), the generator settings of ListOps and Pathfinder, a batch no larger than a generated train split;
+  * the sequence length against the task: pixel tasks (TaskSpec.padded False) take only their own length (0 or
+    TaskSpec.seq_len); generated ListOps needs seq_len >= the longest example it generates (max_length - 1);
+  * the mixer section `model.<mixer>`: every option name against the mixer's fields (models/registry.py
+    mixer_options), types against the fields' annotations, the direction (nystrom has no causal form), and
+    ranges and relations the mixers require (num_heads dividing d_model, an even head width for RoPE, even S4
+    state sizes, S5's state_size a multiple of blocks, 0 < dt_min <= dt_max, 0 <= r_min < r_max < 1, RTF's
+    trunc_len > state_size, S4's l_max >= the sequence length, enumerations such as position or kernel);
+  * with `trace=True`, as a last resort, the selected mixer is built and traced abstractly once
+    (jax.eval_shape of its init on a (1, L, D) input: no compilation, about 0.1 s), so a check that only the
+    mixer's own setup makes is reported under config.model.<mixer> too.
+
+Not checked here: that data_dir exists (the data loaders say so, naming the flag) and that the batch divides by
+the device count (the trainer's mesh does, experiments/trainer.py DataParallel.check_batch_size).
+
+The checks run in two stages: the first needs no JAX (a bad training flag fails before JAX is imported); the
+second imports the mixers (models/) for their option lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import math
+import os
+import types
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import ml_collections
+
+import lra
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+NOT_TASK_FILES = ("__init__.py", "base.py", "common.py")
+
+# The trainer's own tuples (experiments/trainer.py), repeated here so that the first stage needs no JAX;
+# tests/test_validation.py checks that they agree.
+INPUT_ENCODINGS = ("embed", "linear")
+NONFINITE_POLICIES = ("stop", "skip")
+LENGTH_OPTIONS = ("l_max", "trunc_len", "max_decode_len")  # mixer options where 0 means the task's length
+# experiments/data.py: tasks that can be generated, and the resolution of the Pathfinder tasks.
+GENERATED_TASKS = ("listops", "pathfinder", "pathx")
+PATHFINDER_TASKS = ("pathfinder", "pathx")
+DATA_SOURCES = ("generated", "files")
+
+# Mixer fields that the encoder sets from model.* itself: a mixer section must not set them.
+RESERVED_OPTIONS = {"d_model": "model.d_model", "bidirectional": "model.bidirectional", "dtype": "model.dtype"}
+
+
+# ------------------------------------------------------------------------------------------------------ errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One bad value: `key` is the dotted path below `config` (e.g. "train.batch_size")."""
+
+    key: str
+    message: str
+    unknown_name: bool = False  # an unknown task, mixer or key (the error is then also a KeyError)
+
+    def __str__(self) -> str:
+        return f"config.{self.key}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """The config has bad values; `problems` lists them and `keys` names their keys ("train.batch_size")."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__(self._message())
+
+    @property
+    def keys(self) -> list[str]:
+        return [p.key for p in self.problems]
+
+    @property
+    def key(self) -> str:
+        return self.problems[0].key
+
+    def _message(self) -> str:
+        if len(self.problems) == 1:
+            return str(self.problems[0])
+        return f"{len(self.problems)} problems in the config:\n" + "\n".join(f"  {p}" for p in self.problems)
+
+    def __str__(self) -> str:
+        return self._message()
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """Every problem is an unknown task, mixer or key; also a KeyError, as lra.get_task and make_mixer raise."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self._message()
+
+
+# ------------------------------------------------------------------------------------------------------ schema
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldType:
+    """What a leaf may hold: one of `types` (int accepted for float, bool never for int), or None if nullable."""
+
+    types: tuple[type, ...]
+    nullable: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool):
+            return bool in self.types
+        if isinstance(value, int) and float in self.types:
+            return True
+        return isinstance(value, tuple(t for t in self.types if t is not bool))
+
+    def describe(self) -> str:
+        names = [{int: "an int", float: "a number", bool: "a bool", str: "a string"}.get(t, t.__name__)
+                 for t in self.types]
+        return " or ".join(names + (["None"] if self.nullable else []))
+
+
+Schema = dict[str, Any]  # key -> FieldType, or a nested Schema for a section
+
+
+def _is_section(value: Any) -> bool:
+    return isinstance(value, ml_collections.ConfigDict)
+
+
+def _schema_of(config: ml_collections.ConfigDict) -> Schema:
+    schema: Schema = {}
+    for key in config.keys():
+        value = config[key]
+        if _is_section(value):
+            schema[key] = _schema_of(value)
+        elif value is None:  # a placeholder: its declared type, or None
+            schema[key] = FieldType((config.get_type(key),), nullable=True)
+        else:
+            schema[key] = FieldType((type(value),))
+    return schema
+
+
+def _merge(into: Schema, extra: Schema) -> None:
+    for key, value in extra.items():
+        if key not in into:
+            into[key] = value
+        elif isinstance(into[key], dict) and isinstance(value, dict):
+            _merge(into[key], value)
+
+
+def task_config_modules() -> list[str]:
+    """Module names of the task config files, e.g. "experiments.configs.listops"."""
+    return [f"experiments.configs.{name[:-3]}" for name in sorted(os.listdir(CONFIG_DIR))
+            if name.endswith(".py") and name not in NOT_TASK_FILES]
+
+
+@functools.cache
+def base_schema() -> Schema:
+    """experiments/configs/base.py's schema."""
+    from experiments.configs.base import base_config
+
+    return _schema_of(base_config())
+
+
+@functools.cache
+def full_schema() -> Schema:
+    """The base schema plus the keys the task files add (their default variants): data.listops, data.val_size..."""
+    schema = _copy(base_schema())
+    for module in task_config_modules():
+        _merge(schema, _schema_of(importlib.import_module(module).get_config()))
+    return schema
+
+
+def _copy(schema: Schema) -> Schema:
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in schema.items()}
+
+
+# ------------------------------------------------------------------------------------------------------ checker
+
+
+class _Checker:
+    """Collects problems; each check skips keys that already have one (a wrong type is not also out of range)."""
+
+    def __init__(self, config: ml_collections.ConfigDict) -> None:
+        self.config = config
+        self.problems: list[Problem] = []
+
+    def fail(self, key: str, message: str, *, unknown_name: bool = False) -> None:
+        if not self.has_problem(key):
+            self.problems.append(Problem(key, message, unknown_name))
+
+    def has_problem(self, key: str) -> bool:
+        return any(p.key == key or p.key.startswith(key + ".") or key.startswith(p.key + ".")
+                   for p in self.problems)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            cls = UnknownNameError if all(p.unknown_name for p in self.problems) else ConfigError
+            raise cls(self.problems)
+
+    def has(self, key: str) -> bool:
+        node: Any = self.config
+        for part in key.split("."):
+            if not _is_section(node) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if not self.has(key):
+            return default
+        node: Any = self.config
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    def usable(self, key: str) -> bool:
+        """The key exists and has no problem yet."""
+        return self.has(key) and not self.has_problem(key)
+
+    # ---------------------------------------------------------------------------------------- typed checks
+
+    def _number_in(self, key: str, value: Any, want_int: bool, low: float | None, high: float | None,
+                   low_open: bool, high_open: bool, what: str) -> None:
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        is_float = isinstance(value, float) and math.isfinite(value)
+        if not (is_int or (is_float and not want_int)) \
+                or (low is not None and (value <= low if low_open else value < low)) \
+                or (high is not None and (value >= high if high_open else value > high)):
+            self.fail(key, f"expected {what}, got {value!r}")
+
+    def positive_int(self, key: str) -> None:
+        if self.usable(key):
+            self._number_in(key, self.get(key), True, 0, None, True, False, "a positive int")
+
+    def nonnegative_int(self, key: str, note: str = "") -> None:
+        if self.usable(key):
+            self._number_in(key, self.get(key), True, 0, None, False, False, "an int >= 0" + note)
+
+    def positive_number(self, key: str) -> None:
+        if self.usable(key):
+            self._number_in(key, self.get(key), False, 0, None, True, False, "a positive number")
+
+    def nonnegative_number(self, key: str) -> None:
+        if self.usable(key):
+            self._number_in(key, self.get(key), False, 0, None, False, False, "a number >= 0")
+
+    def number_in(self, key: str, low: float, high: float, *, high_open: bool = True, low_open: bool = False
+                  ) -> None:
+        if self.usable(key):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            self._number_in(key, self.get(key), False, low, high, low_open, high_open, f"a number in {interval}")
+
+    def choice(self, key: str, choices: Iterable[Any]) -> None:
+        if self.usable(key):
+            choices = tuple(choices)
+            value = self.get(key)
+            if value not in choices:
+                self.fail(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+    # --------------------------------------------------------------------------------------------- schema
+
+    def check_schema(self, schema: Schema, required: Schema, node: ml_collections.ConfigDict, prefix: str,
+                     skip: Callable[[str], bool]) -> None:
+        """Unknown keys, missing base keys and wrong types below `node` (`skip(key)`: checked elsewhere)."""
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if skip(path):
+                continue
+            value = node[key]
+            if key not in schema:
+                self.fail(path, f"unknown key; {'config.' + prefix[:-1] if prefix else 'config'} has "
+                                f"{', '.join(sorted(schema))}", unknown_name=True)
+            elif isinstance(schema[key], dict):
+                if not _is_section(value):
+                    self.fail(path, f"expected a section (ConfigDict) of keys {', '.join(sorted(schema[key]))}, "
+                                    f"got {value!r}")
+                else:
+                    self.check_schema(schema[key], required.get(key) or {}, value, path + ".", skip)
+            elif _is_section(value):
+                self.fail(path, f"expected {schema[key].describe()}, got a section")
+            elif not schema[key].accepts(value):
+                self.fail(path, f"expected {schema[key].describe()}, got {value!r} ({type(value).__name__})")
+        for key in required:
+            path = f"{prefix}{key}"
+            if key not in node and not skip(path):
+                self.fail(path, "missing; every config needs it (experiments/configs/base.py)")
+
+
+# ------------------------------------------------------------------------------------------------- entry point
+
+
+def validate_config(config: ml_collections.ConfigDict, *, trace: bool = False) -> None:
+    """Raises ConfigError (a ValueError) naming every bad key of `config`; returns None for a good config.
+
+    trace: also build and abstractly trace the selected mixer (jax.eval_shape of its init; needs JAX, no
+      compilation): catches what only the mixer's own setup checks. Call it after jax.distributed.initialize.
+    """
+    checker = _Checker(config)
+    spec = _check_general(checker)
+    checker.raise_if_any()
+    _check_model(checker, spec)
+    checker.raise_if_any()
+    if trace:
+        _trace_mixer(checker, spec)
+        checker.raise_if_any()
+
+
+def task_length(config: ml_collections.ConfigDict, spec: lra.TaskSpec) -> int:
+    """The sequence length a run uses: data.seq_len, or the task's own when 0 (as experiments/data.py)."""
+    return int(config.data.seq_len) or spec.seq_len
+
+
+# ---------------------------------------------------------------------------------------- stage 1 (no JAX)
+
+
+def _in_mixer_section(path: str, config: ml_collections.ConfigDict) -> bool:
+    """model.<section>[.<key>]: a mixer's options, checked against the mixer in stage 2 (and optional)."""
+    parts = path.split(".")
+    if len(parts) < 2 or parts[0] != "model":
+        return False
+    in_config = "model" in config and _is_section(config.model) and parts[1] in config.model \
+        and _is_section(config.model[parts[1]])
+    return in_config or isinstance(base_schema()["model"].get(parts[1]), dict)
+
+
+def _check_general(c: _Checker) -> lra.TaskSpec | None:
+    """Everything but the mixer: schema, task, data, model shape, optimiser, training loop. Returns the spec."""
+    c.check_schema(full_schema(), base_schema(), c.config, "", lambda path: _in_mixer_section(path, c.config))
+
+    spec = None
+    if c.usable("task"):
+        task = c.get("task")
+        if task not in lra.task_names():
+            c.fail("task", f"unknown task {task!r}; registered tasks: {', '.join(lra.task_names())}",
+                   unknown_name=True)
+        else:
+            spec = lra.get_task(task)
+    c.nonnegative_int("seed")
+
+    # data
+    c.choice("data.source", DATA_SOURCES)
+    if spec is not None and c.usable("data.source"):
+        allowed = DATA_SOURCES if spec.name in GENERATED_TASKS else ("files",)
+        if c.get("data.source") not in allowed:
+            c.fail("data.source", f"task {spec.name!r} accepts {', '.join(map(repr, allowed))}, "
+                                  f"got {c.get('data.source')!r}")
+    c.nonnegative_int("data.seq_len", " (0 = the task's length)")
+    if spec is not None and c.usable("data.seq_len"):
+        _check_length(c, spec)
+    for key in ("data.split_seed", "data.permutation_seed"):
+        c.nonnegative_int(key)
+    c.positive_int("data.val_size")
+    c.number_in("data.val_fraction", 0.0, 1.0, low_open=True)
+    if spec is not None:
+        _check_generator(c, spec)
+
+    # model (the mixer and the encoder's enumerations: stage 2)
+    c.positive_int("model.d_model")
+    c.positive_int("model.n_layers")
+    c.number_in("model.dropout", 0.0, 1.0)
+    c.choice("model.input_encoding", INPUT_ENCODINGS)
+    if spec is not None and c.usable("model.input_encoding") and c.get("model.input_encoding") == "linear" \
+            and spec.padded:
+        c.fail("model.input_encoding", f"'linear' reads pixel values and needs a pixel task; {spec.name!r} has "
+                                       "token ids (use 'embed')")
+
+    # optimiser
+    c.positive_number("optim.lr")
+    c.positive_number("optim.ssm_lr")
+    c.nonnegative_number("optim.weight_decay")
+    c.nonnegative_int("optim.warmup_steps")
+    c.number_in("optim.end_lr_fraction", 0.0, 1.0, high_open=False)
+    c.number_in("optim.b1", 0.0, 1.0)
+    c.number_in("optim.b2", 0.0, 1.0)
+    c.nonnegative_number("optim.clip_norm")
+
+    # training loop
+    for key in ("batch_size", "eval_batch_size", "eval_every", "checkpoint_every", "keep_checkpoints",
+                "log_every"):
+        c.positive_int(f"train.{key}")
+    c.nonnegative_int("train.num_steps")
+    c.choice("train.nonfinite", NONFINITE_POLICIES)
+    return spec
+
+
+def _check_length(c: _Checker, spec: lra.TaskSpec) -> None:
+    seq_len = c.get("data.seq_len")
+    if not spec.padded and seq_len not in (0, spec.seq_len):
+        c.fail("data.seq_len", f"task {spec.name!r} has a fixed length of {spec.seq_len} (its pixels are never "
+                               f"padded or cut): expected 0 or {spec.seq_len}, got {seq_len}")
+
+
+def _check_generator(c: _Checker, spec: lra.TaskSpec) -> None:
+    """The generator sections of generated tasks (and Pathfinder's difficulty, which files use too)."""
+    generated = c.get("data.source") == "generated" and not c.has_problem("data.source")
+    if spec.name == "listops" and generated:
+        section = "data.listops"
+        if not c.has(section):
+            c.fail(section, "missing; generated ListOps needs its generator settings (see "
+                            "experiments/configs/listops.py)")
+            return
+        for key in ("num_train", "num_val", "num_test"):
+            c.positive_int(f"{section}.{key}")
+        for key in ("min_length", "generator_seed"):
+            c.nonnegative_int(f"{section}.{key}")
+        c.positive_int(f"{section}.max_length")
+        c.positive_int(f"{section}.max_depth")
+        c.positive_int(f"{section}.max_args")
+        if c.usable(f"{section}.max_args") and c.get(f"{section}.max_args") < 2:
+            c.fail(f"{section}.max_args", f"expected an int >= 2 (an operator has 2 or more arguments), got "
+                                          f"{c.get(f'{section}.max_args')}")
+        window = ("min_length", "max_length", "max_depth", "max_args")
+        if all(c.usable(f"{section}.{k}") for k in window):
+            from lra import listops
+
+            values = {k: c.get(f"{section}.{k}") for k in window}
+            try:
+                listops._check_generation_parameters((1, 1, 1), seed=0, **values)
+            except ValueError as error:
+                c.fail(f"{section}.min_length", f"{error} (data.listops.min_length, max_length, max_depth and "
+                                                "max_args)")
+            if c.usable("data.seq_len"):
+                longest = values["max_length"] - 1  # lengths are < max_length
+                length = task_length(c.config, spec)
+                if length < longest:
+                    c.fail("data.seq_len", f"{length} is shorter than the longest generated ListOps example "
+                                           f"(data.listops.max_length - 1 = {longest}): truncated expressions "
+                                           "have wrong labels; raise data.seq_len or lower max_length")
+        if c.usable(f"{section}.num_train") and c.usable("train.batch_size") \
+                and c.get("train.batch_size") > c.get(f"{section}.num_train"):
+            c.fail("train.batch_size", f"{c.get('train.batch_size')} is larger than the generated train split "
+                                       f"(data.listops.num_train = {c.get(f'{section}.num_train')})")
+    if spec.name in PATHFINDER_TASKS:
+        section = "data.pathfinder"
+        if not c.has(section):
+            c.fail(section, f"missing; task {spec.name!r} needs difficulty (and, when generated, num_examples and "
+                            f"generator_seed): see experiments/configs/{spec.name}.py")
+            return
+        from lra.pathfinder import DIFFICULTIES
+
+        difficulties = list(DIFFICULTIES) + [directory for directory, _ in DIFFICULTIES.values()]
+        c.choice(f"{section}.difficulty", difficulties)
+        if generated:
+            c.positive_int(f"{section}.num_examples")
+            c.nonnegative_int(f"{section}.generator_seed")
+            examples = f"{section}.num_examples"
+            if c.usable(examples) and c.usable("train.batch_size"):
+                num_train = c.get(examples) * 8 // 10  # lra.pathfinder.split_positions: 80 / 10 / 10 %
+                if c.get("train.batch_size") > num_train:
+                    c.fail("train.batch_size", f"{c.get('train.batch_size')} is larger than the generated train "
+                                               f"split ({num_train} = 80% of data.pathfinder.num_examples)")
+
+
+# --------------------------------------------------------------------------------------- stage 2 (mixers)
+
+
+def _option_types(cls: type) -> dict[str, FieldType | None]:
+    """Field name -> accepted types from its annotation (None: not checked, e.g. Any or a callable)."""
+    simple = {"int": int, "float": float, "bool": bool, "str": str}
+    out: dict[str, FieldType | None] = {}
+    for field in dataclasses.fields(cls):
+        annotation = field.type
+        if isinstance(annotation, type):
+            parts = [annotation.__name__]
+        elif isinstance(annotation, types.UnionType):
+            parts = [getattr(a, "__name__", str(a)) for a in annotation.__args__]
+        else:  # a string (postponed annotations), e.g. "int", "int | None", "Any"
+            text = str(annotation).strip()
+            if text.startswith("Optional[") and text.endswith("]"):
+                text = text[len("Optional["):-1] + " | None"
+            parts = [p.strip() for p in text.split("|")]
+        nullable = "None" in parts or "NoneType" in parts
+        kinds = [p for p in parts if p not in ("None", "NoneType")]
+        out[field.name] = (FieldType(tuple(simple[p] for p in kinds), nullable)
+                           if kinds and all(p in simple for p in kinds) else None)
+    return out
+
+
+def _option_choices(mixer: str, cls: type) -> dict[str, tuple[Any, ...]]:
+    """Enumerated options -> allowed values (by option name, from the constants the mixers check against)."""
+    from models import ssm as ssm_models
+    from models import vq as vq_models
+    from ops import linear_attention, normalizers, performer, rtf, scan, vq_attention
+    from ops import ssm as ssm_ops
+
+    choices: dict[str, tuple[Any, ...]] = {
+        "scan_method": tuple(m.value for m in scan.ScanMethod),
+        "discretization": ("zoh", "bilinear"),
+        "lambda_init": tuple(ssm_models.S4D_INITS),
+        "c_init": tuple(ssm_ops.S5_C_INITS),
+        "coefficient_init": tuple(rtf.RTF_INITS),
+        "feature_map": tuple(sorted(linear_attention.FEATURE_MAPS)),
+        "kernel": tuple(performer.KERNELS),
+        "orthogonal_scaling": tuple(performer.ORTHOGONAL_SCALINGS),
+        "normalizer": tuple(sorted(normalizers.NORMALIZERS)),
+        "quantizer": tuple(vq_models.QUANTIZERS),
+        "formulation": tuple(vq_attention.FORMULATIONS),
+    }
+    for option, attribute in (("position", "supported_positions"), ("rope_scaling", "supported_rope_scalings")):
+        if hasattr(cls, attribute):
+            choices[option] = tuple(getattr(cls, attribute))
+    if mixer in ("linear", "performer"):
+        choices["method"] = ("chunked", "prefix")  # causal evaluation (ops.linear_attention.linear_attention)
+    return choices
+
+
+POSITIVE_INT_OPTIONS = ("d_state", "state_size", "blocks", "num_heads", "num_features", "num_landmarks",
+                        "block_size", "key_dim", "codebook_size", "block_len", "pinv_iterations", "chunk_size",
+                        "value_dim")
+NONNEGATIVE_INT_OPTIONS = ("train_length", "rerope_window", "value_conv_kernel")
+POSITIVE_NUMBER_OPTIONS = ("dt_min", "dt_max", "max_phase", "temperature", "rope_base", "expansion", "eps")
+NONNEGATIVE_NUMBER_OPTIONS = ("commitment_weight", "simvq_codebook_weight", "rerope_leak", "init_scale")
+UNIT_INTERVAL_OPTIONS = ("attention_dropout", "ema_decay", "r_min", "r_max")  # [0, 1)
+
+
+def _check_model(c: _Checker, spec: lra.TaskSpec | None) -> None:
+    from models import encoder as encoder_lib
+    from models.registry import mixer_class, mixer_names, mixer_options
+
+    c.choice("model.norm", encoder_lib.NORMS)
+    c.choice("model.residual", encoder_lib.RESIDUALS)
+    c.choice("model.pooling", encoder_lib.POOLINGS)
+    if c.has("model.dtype"):
+        c.choice("model.dtype", getattr(encoder_lib, "DTYPES", ("float32",)))
+
+    # Every mixer section: option names and types (only the selected one is used, but a typo is a typo).
+    for key in c.config.model.keys():
+        if not _is_section(c.config.model[key]):
+            continue
+        if key not in mixer_names():
+            c.fail(f"model.{key}", f"unknown key: not a registered mixer ({', '.join(mixer_names())}) nor a key "
+                                   f"of config.model", unknown_name=True)
+            continue
+        _check_option_names(c, key, mixer_options(key), _option_types(mixer_class(key)))
+
+    if not c.usable("model.mixer"):
+        return
+    mixer = c.get("model.mixer")
+    if mixer not in mixer_names():
+        c.fail("model.mixer", f"unknown mixer {mixer!r}; registered mixers are: {', '.join(mixer_names())}",
+               unknown_name=True)
+        return
+    cls = mixer_class(mixer)
+    if c.get("model.bidirectional") is False and not getattr(cls, "has_causal_form", True):
+        c.fail("model.bidirectional", f"mixer {mixer!r} has no causal form: set it to True or leave it unset "
+                                      "(None)")
+    if not c.has_problem(f"model.{mixer}"):
+        _check_mixer_values(c, mixer, cls, spec)
+
+
+def _check_option_names(c: _Checker, mixer: str, known: dict[str, Any], kinds: dict[str, FieldType | None]
+                        ) -> None:
+    section = c.config.model[mixer]
+    options = sorted(k for k in known if k not in RESERVED_OPTIONS)
+    for key in section.keys():
+        path = f"model.{mixer}.{key}"
+        value = section[key]
+        if key in RESERVED_OPTIONS:
+            c.fail(path, f"set by config.{RESERVED_OPTIONS[key]}; remove it from config.model.{mixer}")
+        elif key not in known:
+            c.fail(path, f"mixer {mixer!r} has no option {key!r}; its options are: {', '.join(options)}",
+                   unknown_name=True)
+        elif kinds.get(key) is not None and not kinds[key].accepts(value):
+            c.fail(path, f"expected {kinds[key].describe()}, got {value!r} ({type(value).__name__})")
+
+
+def _check_mixer_values(c: _Checker, mixer: str, cls: type, spec: lra.TaskSpec | None) -> None:
+    """Ranges and relations of the selected mixer's options (their names and types are known good by now).
+
+    Ranges are checked on the options the section sets; relations on the values the mixer will get (the
+    section's, else the field defaults), and are reported under the key to change.
+    """
+    from models.registry import mixer_options
+
+    section = f"model.{mixer}"
+    given = {k: c.get(f"{section}.{k}") for k in (c.config.model[mixer].keys() if c.has(section) else ())}
+    values = {**mixer_options(mixer), **given}
+    key = lambda name: f"{section}.{name}"  # noqa: E731
+
+    for name, value in given.items():
+        if name in POSITIVE_INT_OPTIONS and value is not None:
+            c.positive_int(key(name))
+        elif name in NONNEGATIVE_INT_OPTIONS:
+            c.nonnegative_int(key(name))
+        elif name in LENGTH_OPTIONS:
+            c.nonnegative_int(key(name), " (0 = the task's length)")
+        elif name in POSITIVE_NUMBER_OPTIONS:
+            c.positive_number(key(name))
+        elif name in NONNEGATIVE_NUMBER_OPTIONS:
+            c.nonnegative_number(key(name))
+        elif name in UNIT_INTERVAL_OPTIONS:
+            c.number_in(key(name), 0.0, 1.0)
+    for name, allowed in _option_choices(mixer, cls).items():
+        if name in given:
+            c.choice(key(name), allowed)
+
+    def ok(*names: str) -> bool:
+        """The options exist, have no problem so far and are not None."""
+        return all(name in values and values[name] is not None and not c.has_problem(key(name)) for name in names)
+
+    d_model = c.get("model.d_model")
+    length = task_length(c.config, spec) if spec is not None else None
+    resolved = {name: (length if values[name] == 0 else values[name]) for name in LENGTH_OPTIONS if name in values}
+
+    if hasattr(cls, "head_dim") and ok("num_heads"):  # multi-head attention: heads of width d_model / num_heads
+        heads = values["num_heads"]
+        if d_model % heads:
+            c.fail(key("num_heads"), f"{heads} does not divide config.model.d_model = {d_model}")
+        elif ok("position") and values["position"] in ("rope", "rope_bias") and (d_model // heads) % 2:
+            c.fail(key("position"), f"RoPE needs an even head width; d_model / num_heads = {d_model // heads}")
+    if ok("rope_scaling", "position") and values["rope_scaling"] != "none":
+        if values["position"] not in ("rope", "rope_bias"):
+            c.fail(key("rope_scaling"), f"{values['rope_scaling']!r} needs position 'rope' or 'rope_bias', got "
+                                        f"{values['position']!r}")
+        elif values["rope_scaling"] == "rerope" and ok("rerope_window") and values["rerope_window"] < 1:
+            c.fail(key("rerope_window"), "rope_scaling='rerope' needs rerope_window >= 1")
+    if ok("rerope_leak") and values["rerope_leak"] != 0 and values["rerope_leak"] <= 1:
+        c.fail(key("rerope_leak"), f"expected 0 (ReRoPE) or a number > 1 (leaky ReRoPE), got {values['rerope_leak']}")
+    if ok("train_length") and (values.get("rope_scaling") == "yarn" or values.get("logn_scaling")) \
+            and values["train_length"] <= 1:
+        c.fail(key("train_length"), "rope_scaling='yarn' and logn_scaling need train_length > 1 (the training "
+                                    "length)")
+    if mixer == "linear" and values.get("logn_scaling"):
+        c.fail(key("logn_scaling"), "linear attention has no softmax scores to scale; set it to False")
+    if ok("value_conv_kernel") and values["value_conv_kernel"] and values["value_conv_kernel"] % 2 == 0:
+        c.fail(key("value_conv_kernel"), f"expected 0 (off) or an odd int, got {values['value_conv_kernel']}")
+    if ok("dt_min", "dt_max") and values["dt_min"] > values["dt_max"]:
+        c.fail(key("dt_min"), f"expected dt_min <= dt_max, got dt_min={values['dt_min']}, dt_max={values['dt_max']}")
+    if ok("r_min", "r_max") and values["r_min"] >= values["r_max"]:
+        c.fail(key("r_min"), f"expected r_min < r_max, got r_min={values['r_min']}, r_max={values['r_max']}")
+    if mixer in ("s4", "s4d") and ok("d_state") and values["d_state"] % 2:
+        c.fail(key("d_state"), f"expected an even int >= 2 (conjugate pairs), got {values['d_state']}")
+    if mixer == "s5" and ok("state_size", "blocks"):
+        size, blocks = values["state_size"], values["blocks"]
+        if size % blocks:
+            c.fail(key("blocks"), f"{blocks} does not divide state_size = {size}")
+        elif values.get("conj_sym", True) and (size // blocks) % 2:
+            c.fail(key("blocks"), f"conj_sym needs an even block size state_size / blocks, got {size} / {blocks} "
+                                  f"= {size // blocks}")
+    if ok("trunc_len", "state_size") and resolved.get("trunc_len") is not None \
+            and resolved["trunc_len"] <= values["state_size"]:
+        what = "the sequence length" if values["trunc_len"] == 0 else "trunc_len"
+        c.fail(key("trunc_len"), f"must exceed state_size = {values['state_size']}; {what} is {resolved['trunc_len']}")
+    if ok("l_max") and length is not None and resolved["l_max"] < length:
+        c.fail(key("l_max"), f"{values['l_max']} is shorter than the sequence length {length}: the kernel is "
+                             "defined up to l_max (0 takes the task's length)")
+
+
+def _trace_mixer(c: _Checker, spec: lra.TaskSpec | None) -> None:
+    """Builds the selected mixer as the encoder does and traces its init abstractly (no compilation)."""
+    if spec is None:
+        return
+    import jax
+    import jax.numpy as jnp
+
+    from models.registry import make_mixer, mixer_class, mixer_options
+
+    mixer = c.get("model.mixer")
+    section = c.get(f"model.{mixer}")
+    options = section.to_dict() if section is not None else {}
+    length = task_length(c.config, spec)
+    for name in LENGTH_OPTIONS:
+        if options.get(name) == 0:
+            options[name] = length
+    bidirectional = c.get("model.bidirectional")
+    if bidirectional is None:
+        bidirectional = not getattr(mixer_class(mixer), "has_causal_form", True)
+    d_model = c.get("model.d_model")
+    dtype = jnp.dtype(c.get("model.dtype") or "float32")  # as the encoder builds its mixers
+    if "dtype" in mixer_options(mixer):
+        options["dtype"] = dtype
+    try:
+        module = make_mixer(mixer, d_model=d_model, bidirectional=bidirectional, **options)
+
+        def init(x: jax.Array, mask: jax.Array) -> Any:
+            key = jax.random.key(0)
+            return module.init({"params": key, "dropout": key}, x, mask=mask)
+
+        jax.eval_shape(init, jax.ShapeDtypeStruct((1, length, d_model), dtype),
+                       jax.ShapeDtypeStruct((1, length), jnp.bool_))
+    except (ValueError, TypeError, KeyError, NotImplementedError) as error:
+        c.fail(f"model.{mixer}", f"mixer {mixer!r} cannot be built with these options (d_model={d_model}, "
+                                 f"bidirectional={bidirectional}, length {length}): {type(error).__name__}: {error}")

@@ -1,0 +1,282 @@
+"""experiments/validation.py: every shipped config validates; each kind of bad value fails naming its key."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+import models
+from experiments import data as data_lib
+from experiments import trainer, validation
+from experiments.configs import image as image_config
+from experiments.configs import listops as listops_config
+from experiments.configs import pathfinder as pathfinder_config
+from experiments.configs import text as text_config
+from experiments.validation import ConfigError, UnknownNameError, validate_config
+from models import registry
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = ["cpu"] + [f"{m}-cpu" for m in models.mixer_names()] + models.mixer_names()
+
+
+def with_values(config: ml_collections.ConfigDict, **values) -> ml_collections.ConfigDict:
+    """A copy of `config` with dotted keys set (`train__batch_size=3`), bypassing ConfigDict's type safety so
+    that wrong types can be tried; value `DELETE` removes the key."""
+    tree = config.to_dict()
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split("__")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        if value is DELETE:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return ml_collections.ConfigDict(tree)
+
+
+DELETE = object()
+
+
+def problem(config: ml_collections.ConfigDict, **kwargs) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, **kwargs)
+    return info.value
+
+
+# ------------------------------------------------------------------------------------------------ good configs
+
+
+@pytest.mark.parametrize("module", validation.task_config_modules())
+def test_every_variant_of_every_task_file_validates(module):
+    get_config = importlib.import_module(module).get_config
+    assert get_config().task  # the default variant
+    for variant in VARIANTS:
+        validate_config(get_config(variant))
+
+
+def test_listops_cpu_variants_build_and_trace_their_mixer():
+    for variant in VARIANTS:
+        if variant.endswith("cpu"):
+            validate_config(listops_config.get_config(variant), trace=True)
+
+
+def test_the_test_suites_tiny_configs_validate():
+    from tests.test_train import tiny_config
+
+    validate_config(tiny_config("/tmp/unused-cache"), trace=True)
+    mnist = image_config.get_config()
+    mnist.task = "mnist"  # image's config at the task's own 784 pixels (seq_len 0), as tests/test_all_tasks.py
+    validate_config(mnist, trace=True)
+    for bidirectional in (None, True, False):
+        config = listops_config.get_config()
+        config.model.bidirectional = bidirectional
+        validate_config(config)
+    for mixer in ("lru", "softmax"):  # mixed precision: the mixers are built and traced with dtype bfloat16
+        config = listops_config.get_config(f"{mixer}-cpu")
+        config.model.dtype = "bfloat16"
+        validate_config(config, trace=True)
+    validate_config(with_values(listops_config.get_config(), model__lru=DELETE), trace=True)  # defaults
+
+
+def test_constants_agree_with_the_trainer_and_the_data_loader():
+    assert validation.INPUT_ENCODINGS == trainer.INPUT_ENCODINGS
+    assert validation.NONFINITE_POLICIES == trainer.NONFINITE_POLICIES
+    assert validation.LENGTH_OPTIONS == trainer.LENGTH_OPTIONS
+    assert validation.GENERATED_TASKS == data_lib.GENERATED_TASKS
+    assert validation.PATHFINDER_TASKS == tuple(data_lib.PATHFINDER_RESOLUTION)
+
+
+# ------------------------------------------------------------------------------------------------- bad values
+
+BAD_GENERAL = [
+    # (dotted key, value, expected message after "config.<key>: ")
+    ("train.batch_size", -3, "expected a positive int, got -3"),
+    ("train.eval_batch_size", 0, "expected a positive int, got 0"),
+    ("train.num_steps", -1, "expected an int >= 0, got -1"),
+    ("train.checkpoint_every", 0, "expected a positive int"),
+    ("train.keep_checkpoints", 0, "expected a positive int"),
+    ("train.nonfinite", "ignore", "expected one of 'stop', 'skip', got 'ignore'"),
+    ("optim.lr", 0.0, "expected a positive number, got 0.0"),
+    ("optim.ssm_lr", -1e-3, "expected a positive number"),
+    ("optim.lr", float("inf"), "expected a positive number, got inf"),
+    ("optim.weight_decay", -0.1, "expected a number >= 0"),
+    ("optim.warmup_steps", -5, "expected an int >= 0"),
+    ("optim.b1", 1.0, r"expected a number in \[0, 1\), got 1.0"),
+    ("optim.b2", -0.5, r"expected a number in \[0, 1\)"),
+    ("optim.end_lr_fraction", 1.5, r"expected a number in \[0, 1\]"),
+    ("optim.clip_norm", -1.0, "expected a number >= 0"),
+    ("model.d_model", 0, "expected a positive int, got 0"),
+    ("model.n_layers", -2, "expected a positive int"),
+    ("model.dropout", 1.0, r"expected a number in \[0, 1\)"),
+    ("model.norm", "group", "expected one of 'batch', 'layer', got 'group'"),
+    ("model.residual", "sandwich", "expected one of 'prenorm', 'postnorm', 'deepnorm'"),
+    ("model.pooling", "cls", "expected one of 'mean', 'last'"),
+    ("model.input_encoding", "onehot", "expected one of 'embed', 'linear'"),
+    ("model.input_encoding", "linear", "needs a pixel task; 'listops' has token ids"),
+    ("model.dtype", "float16", "expected one of 'float32', 'bfloat16', got 'float16'"),
+    ("seed", -1, "expected an int >= 0"),
+    ("data.source", "web", "expected one of 'generated', 'files', got 'web'"),
+    ("data.seq_len", -5, "expected an int >= 0"),
+    ("data.seq_len", 100, r"shorter than the longest generated ListOps example \(data.listops.max_length - 1 = 199\)"),
+    ("data.listops.num_train", 0, "expected a positive int"),
+    ("data.listops.max_args", 1, "expected an int >= 2"),
+    ("data.listops.min_length", 300, "no tree can have 300 < length < 200"),
+    ("train.batch_size", 9000, r"larger than the generated train split \(data.listops.num_train = 8000\)"),
+    # wrong types (ConfigDict's own type safety is bypassed: configs built in Python can hold anything)
+    ("train.batch_size", "32", "expected an int, got '32' \\(str\\)"),
+    ("train.batch_size", 32.0, "expected an int, got 32.0 \\(float\\)"),
+    ("model.dropout", True, "expected a number, got True \\(bool\\)"),
+    ("model.bidirectional", "yes", "expected a bool or None, got 'yes'"),
+    ("model.lru.d_state", 2.5, "expected an int, got 2.5"),
+    ("data", 3, "expected a section"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", BAD_GENERAL, ids=[f"{k}={v!r}" for k, v, _ in BAD_GENERAL])
+def test_a_bad_value_names_its_key(key, value, message):
+    error = problem(with_values(listops_config.get_config(), **{key.replace(".", "__"): value}))
+    assert error.keys == [key], str(error)
+    assert str(error).startswith(f"config.{key}: ")
+    assert isinstance(error, ValueError)
+    assert re.search(message, str(error)), str(error)
+
+
+def test_the_brief_example_message_verbatim():
+    config = listops_config.get_config()
+    config.train.batch_size = -3
+    assert str(problem(config)) == "config.train.batch_size: expected a positive int, got -3"
+
+
+BAD_MIXER = [
+    # (mixer, options of model.<mixer>, other model keys, key named, message)
+    ("lru", dict(d_state=0), {}, "model.lru.d_state", "expected a positive int, got 0"),
+    ("lru", dict(r_min=0.9, r_max=0.5), {}, "model.lru.r_min", "expected r_min < r_max"),
+    ("lru", dict(r_max=1.0), {}, "model.lru.r_max", r"expected a number in \[0, 1\)"),
+    ("lru", dict(scan_method="parallel"), {}, "model.lru.scan_method", "expected one of 'auto', 'sequential'"),
+    ("s4", dict(d_state=3), {}, "model.s4.d_state", "even int"),
+    ("s4", dict(l_max=100), {}, "model.s4.l_max", "100 is shorter than the sequence length 200"),
+    ("s4d", dict(dt_min=0.5, dt_max=0.1), {}, "model.s4d.dt_min", "expected dt_min <= dt_max"),
+    ("s4d", dict(lambda_init="random"), {}, "model.s4d.lambda_init", "expected one of 'lin', 'inv', 'legs'"),
+    ("s5", dict(state_size=30, blocks=4), {}, "model.s5.blocks", "4 does not divide state_size = 30"),
+    ("s5", dict(state_size=12, blocks=4), {}, "model.s5.blocks", "conj_sym needs an even block size"),
+    ("rtf", dict(state_size=300), {}, "model.rtf.trunc_len", "must exceed state_size = 300; the sequence length"),
+    ("softmax", dict(num_heads=3), {}, "model.softmax.num_heads", "3 does not divide config.model.d_model = 64"),
+    ("softmax", dict(num_heads=4, position="rope"), {"d_model": 12}, "model.softmax.position",
+     "RoPE needs an even head width"),
+    ("softmax", dict(position="sinusoidal"), {}, "model.softmax.position", "expected one of 'none', 'rope'"),
+    ("blockwise", dict(block_size=0), {}, "model.blockwise.block_size", "expected a positive int"),
+    ("performer", dict(kernel="cosine"), {}, "model.performer.kernel", "expected one of 'softmax', 'relu'"),
+    ("nystrom", {}, {"bidirectional": False}, "model.bidirectional", "'nystrom' has no causal form"),
+    ("vq", dict(ema_decay=1.0), {}, "model.vq.ema_decay", r"expected a number in \[0, 1\)"),
+    ("lru", dict(d_model=32), {}, "model.lru.d_model", "set by config.model.d_model"),
+]
+
+
+@pytest.mark.parametrize("mixer,options,model,key,message", BAD_MIXER,
+                         ids=[f"{m}-{k.split('.')[-1]}" for m, _, _, k, _ in BAD_MIXER])
+def test_a_bad_mixer_option_names_its_key(mixer, options, model, key, message):
+    config = listops_config.get_config(f"{mixer}-cpu")
+    values = {f"model__{mixer}__{k}": v for k, v in options.items()}
+    values.update({f"model__{k}": v for k, v in model.items()})
+    error = problem(with_values(config, **values))
+    assert error.keys == [key], str(error)
+    assert re.search(message, str(error)), str(error)
+
+
+def test_unknown_names_are_also_key_errors():
+    cases = [
+        (dict(task="nonesuch"), "task", "unknown task 'nonesuch'; registered tasks: .*listops"),
+        (dict(model__mixer="nonesuch"), "model.mixer", "unknown mixer 'nonesuch'; registered mixers are: .*lru"),
+        (dict(model__lru__nonesuch=1), "model.lru.nonesuch", "mixer 'lru' has no option 'nonesuch'; its options"),
+        (dict(train__batchsize=8), "train.batchsize", "unknown key; config.train has batch_size"),
+        (dict(trian=dict(steps=1)), "trian", "unknown key; config has data, model"),
+        (dict(model__mamba=dict(d_state=4)), "model.mamba", "not a registered mixer"),
+    ]
+    for values, key, message in cases:
+        config = with_values(listops_config.get_config(), **values)
+        with pytest.raises(KeyError, match=message) as info:
+            validate_config(config)
+        assert isinstance(info.value, UnknownNameError) and info.value.keys == [key]
+
+
+def test_task_specific_lengths_sources_and_sections():
+    image = image_config.get_config()
+    image.data.seq_len = 784
+    assert str(problem(image)).startswith("config.data.seq_len: task 'image' has a fixed length of 1024")
+    pathfinder = pathfinder_config.get_config()
+    pathfinder.data.seq_len = 2048
+    assert problem(pathfinder).keys == ["data.seq_len"]
+    pathfinder = pathfinder_config.get_config()
+    pathfinder.data.pathfinder.difficulty = "medium"
+    assert problem(pathfinder).keys == ["data.pathfinder.difficulty"]
+    pathfinder = pathfinder_config.get_config()
+    pathfinder.data.pathfinder.num_examples = 20  # 16 training images for a batch of 32
+    assert "larger than the generated train split (16" in str(problem(pathfinder))
+    text = text_config.get_config()
+    text.data.seq_len = 123  # any length: bytes are padded or cut
+    validate_config(text)
+    text.data.source = "generated"
+    assert "task 'text' accepts 'files'" in str(problem(text))
+    no_generator = with_values(listops_config.get_config(), data__listops=DELETE)
+    assert problem(no_generator).keys == ["data.listops"]
+    missing = with_values(listops_config.get_config(), train__nonfinite=DELETE)
+    assert str(problem(missing)).startswith("config.train.nonfinite: missing")
+
+
+def test_all_problems_of_a_stage_are_reported_together():
+    config = listops_config.get_config()
+    config.train.batch_size, config.optim.lr, config.model.dropout = -1, 0.0, 2.0
+    error = problem(config)
+    assert sorted(error.keys) == ["model.dropout", "optim.lr", "train.batch_size"]
+    assert str(error).startswith("3 problems in the config:\n  config.")
+    assert not isinstance(error, KeyError)
+
+
+def test_trace_reports_what_only_the_mixers_setup_checks(monkeypatch):
+    class PickyMixer(registry.SequenceMixer):
+        strict: bool = False
+
+        def setup(self) -> None:
+            if self.strict:
+                raise ValueError("PickyMixer: strict mode is not implemented")
+
+        def __call__(self, x, *, mask=None, deterministic=True):
+            return x
+
+    monkeypatch.setitem(registry._MIXERS, "picky", PickyMixer)  # restored after the test
+    config = listops_config.get_config()
+    config.model.mixer = "picky"
+    config.model.picky = ml_collections.ConfigDict(dict(strict=False))
+    validate_config(config, trace=True)
+    config.model.picky.strict = True
+    validate_config(config)  # without tracing, no rule knows this option
+    error = problem(config, trace=True)
+    assert error.keys == ["model.picky"]
+    assert "ValueError: PickyMixer: strict mode is not implemented" in str(error)
+
+
+def test_the_trainer_validates_before_touching_the_workdir(tmp_path):
+    config = listops_config.get_config()
+    config.optim.b2 = 1.0
+    with pytest.raises(ConfigError, match=r"config.optim.b2: expected a number in \[0, 1\)"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_flag_fails_fast_on_the_command_line(tmp_path):
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={tmp_path / 'run'}",
+                           "--config.train.batch_size=-1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    elapsed = time.time() - start
+    assert proc.returncode != 0
+    assert "config.train.batch_size: expected a positive int, got -1" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # nothing was built
+    assert elapsed < 20, elapsed  # about a second on an idle machine: no JAX import, no compilation
