@@ -22,7 +22,9 @@ Shared options (fields of every mixer):
   init_scale: DeepNorm's beta, applied to the value and output projection initialisers only (never query and
     key); see `deepnorm_constants`.
   use_bias: biases on all four projections (the q/k biases of "rope_bias" are separate parameters).
-  dtype / param_dtype: computation and parameter dtypes; the ops accumulate in float32 regardless.
+  dtype / param_dtype: computation dtype of the projections (e.g. bfloat16) and parameter dtype (float32); the
+    ops accumulate scores, softmax normalisers (max, sum of exp, log-sum-exp), prefix sums and landmark
+    averages in float32 regardless, and the output has the input's dtype.
 
 Initialisation: Xavier-uniform (the DeepNorm/torchscale convention), with gain init_scale for value and out.
 """
@@ -665,6 +667,7 @@ class NystromAttention(_MultiHeadMixer):
             )
 
     def _value_convolution(self, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+        v = v.astype(jnp.promote_types(v.dtype, jnp.float32))  # the tap sum in float32 (bfloat16 activations)
         if mask is not None:
             v = jnp.where(mask[:, :, None, None], v, 0.0)
         half = self.value_conv_kernel // 2

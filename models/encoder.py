@@ -12,6 +12,12 @@ SequenceEncoder: token embedding (or a linear map of real-valued inputs) -> N re
 with GLU(z) = W1 z * sigmoid(W2 z). The mixer is built by name from the registry, so a new mixer runs here
 without changes. Norms are BatchNorm (statistics over real tokens only: padding is masked out) or LayerNorm.
 Pooling is the mean over real tokens (never padding) or the last real token.
+
+Mixed precision (`dtype`, config key model.dtype): parameters are always float32; the embedding, the residual
+stream, the mixers (built with dtype=dtype) and the GLU run in `dtype` (e.g. bfloat16). Norms (their statistics
+and the normalisation), the final norm, the pooling and the heads compute in float32 (norm outputs are cast back
+to `dtype`), so the logits are float32. Each mixer keeps its own float32 accumulations (scans, FFT convolutions,
+softmax normalisers, prefix sums; see the mixers' docstrings).
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ from models.registry import make_mixer, mixer_options
 NORMS = ("batch", "layer")
 POOLINGS = ("mean", "last")
 RESIDUALS = ("prenorm", "postnorm", "deepnorm")
+DTYPES = ("float32", "bfloat16")  # model.dtype values the trainer accepts
+
+
+def _at_least_float32(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 class ResidualBlock(nn.Module):
@@ -41,12 +52,16 @@ class ResidualBlock(nn.Module):
     dropout: float = 0.0
     deepnorm_alpha: float = 1.0
     deepnorm_beta: float = 1.0
+    dtype: Any = jnp.float32
 
     def _norm(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+        """The norm, computed in float32 (statistics and normalisation), returned in self.dtype."""
+        x = _at_least_float32(x)
         if self.norm == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, name="norm")(
-                x, mask=mask[..., None])
-        return nn.LayerNorm(name="norm")(x)
+            y = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="norm")(x, mask=mask[..., None])
+        else:
+            y = nn.LayerNorm(name="norm")(x)
+        return y.astype(self.dtype)
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
@@ -59,12 +74,15 @@ class ResidualBlock(nn.Module):
             glu_init = nn.initializers.variance_scaling(self.deepnorm_beta**2, "fan_avg", "normal")
             if "init_scale" in mixer_options(self.mixer):
                 options["init_scale"] = self.deepnorm_beta
-            skip = self.deepnorm_alpha * skip
+            skip = (self.deepnorm_alpha * skip).astype(skip.dtype)
+        if "dtype" in mixer_options(self.mixer):
+            options["dtype"] = self.dtype
         mixer = make_mixer(self.mixer, d_model=self.d_model, bidirectional=self.bidirectional, **options)
-        x = mixer(x, mask=mask, deterministic=not train)
+        x = mixer(x, mask=mask, deterministic=not train).astype(self.dtype)
         x = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(x))
-        value = nn.Dense(self.d_model, kernel_init=glu_init, name="glu_value")(x)
-        x = value * jax.nn.sigmoid(nn.Dense(self.d_model, kernel_init=glu_init, name="glu_gate")(x))
+        value = nn.Dense(self.d_model, kernel_init=glu_init, dtype=self.dtype, name="glu_value")(x)
+        gate = nn.Dense(self.d_model, kernel_init=glu_init, dtype=self.dtype, name="glu_gate")(x)
+        x = value * jax.nn.sigmoid(gate)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = skip + x
         if self.residual != "prenorm":
@@ -93,6 +111,8 @@ class SequenceEncoder(nn.Module):
       bidirectional: mixers see the whole sequence (True) or only the past (False).
       norm: "batch" or "layer"; residual: "prenorm", "postnorm" or "deepnorm" (see the module docstring).
       dropout: rate inside the blocks; pooling: "mean" or "last".
+      dtype: activation dtype (float32 or bfloat16); see "Mixed precision" in the module docstring. The pooled
+        output (B, D) is float32 whatever the dtype.
     """
 
     vocab_size: int | None
@@ -105,6 +125,7 @@ class SequenceEncoder(nn.Module):
     residual: str = "prenorm"
     dropout: float = 0.0
     pooling: str = "mean"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, inputs: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
@@ -115,21 +136,27 @@ class SequenceEncoder(nn.Module):
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
         if self.vocab_size is None:
-            x = nn.Dense(self.d_model, name="input_projection")(inputs)
+            x = nn.Dense(self.d_model, dtype=self.dtype, name="input_projection")(inputs)
         else:
-            x = nn.Embed(self.vocab_size, self.d_model, name="embedding")(inputs)
+            x = nn.Embed(self.vocab_size, self.d_model, dtype=self.dtype, name="embedding")(inputs)
         x = x * mask[..., None].astype(x.dtype)
         alpha, beta = deepnorm_constants(self.n_layers)
         for i in range(self.n_layers):
             x = ResidualBlock(self.d_model, self.mixer, self.mixer_options or {}, self.bidirectional, self.norm,
-                              self.residual, self.dropout, alpha, beta, name=f"block_{i}")(x, mask, train)
+                              self.residual, self.dropout, alpha, beta, self.dtype, name=f"block_{i}")(
+                x, mask, train)
+        x = _at_least_float32(x)  # final norm and pooling (a sum over L) in float32
         if self.residual == "prenorm":
             x = nn.LayerNorm(name="final_norm")(x)
         return masked_pool(x, mask, self.pooling)
 
 
 class Classifier(nn.Module):
-    """SequenceEncoder followed by a linear classification head: (B, L) tokens -> (B, num_classes) logits."""
+    """SequenceEncoder followed by a linear classification head: (B, L) tokens -> (B, num_classes) logits.
+
+    The head computes in float32 (the encoder's pooled output is float32), so the logits are float32 whatever
+    the encoder's dtype.
+    """
 
     encoder: SequenceEncoder
     num_classes: int
@@ -137,7 +164,7 @@ class Classifier(nn.Module):
     @nn.compact
     def __call__(self, inputs: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
         pooled = self.encoder(inputs, mask, train=train)
-        return nn.Dense(self.num_classes, name="head")(pooled)
+        return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(pooled)
 
 
 class DualClassifier(nn.Module):
@@ -145,7 +172,7 @@ class DualClassifier(nn.Module):
     [u, v, u * v, u - v] -> (B, num_classes) logits. inputs and mask are (B, 2, L[, F]).
 
     Both documents go through the encoder as one batch of 2B sequences, so the two share every parameter
-    (and BatchNorm statistics are taken over both).
+    (and BatchNorm statistics are taken over both). The MLP and the head compute in float32.
     """
 
     encoder: SequenceEncoder
@@ -161,5 +188,5 @@ class DualClassifier(nn.Module):
         pooled = self.encoder(both, jnp.concatenate([mask[:, 0], mask[:, 1]], axis=0), train=train)
         u, v = pooled[:batch], pooled[batch:]
         features = jnp.concatenate([u, v, u * v, u - v], axis=-1)
-        hidden = nn.gelu(nn.Dense(self.hidden or pooled.shape[-1], name="mlp")(features))
-        return nn.Dense(self.num_classes, name="head")(hidden)
+        hidden = nn.gelu(nn.Dense(self.hidden or pooled.shape[-1], dtype=jnp.float32, name="mlp")(features))
+        return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(hidden)

@@ -29,6 +29,9 @@ class LRUMixer(SequenceMixer):
       r_min, r_max: the ring |lambda| is initialised on (uniform in r^2); see anchors.md for per-task rings.
       max_phase: eigenvalue phases are initialised uniform in [0, max_phase].
       scan_method: method of `ops.scan.linear_recurrence`.
+      dtype: dtype of the output (None: the input's), e.g. bfloat16 in a mixed-precision encoder. Whatever it
+        is, the layer computes in float32 (complex64 state): inputs are promoted, the projections and the scan
+        accumulate in float32, and only the output is cast to dtype. Parameters are float32.
 
     Parameters (all real; complex ones as separate real and imaginary arrays):
       nu_log, theta_log, gamma_log (N,), B_re, B_im (N, D): the "ssm" optimiser group (lower lr, no weight
@@ -43,6 +46,7 @@ class LRUMixer(SequenceMixer):
     r_max: float = 0.99
     max_phase: float = 2 * math.pi
     scan_method: str = "auto"
+    dtype: Any = None
 
     def setup(self) -> None:
         n, h = self.d_state, self.d_model
@@ -70,6 +74,8 @@ class LRUMixer(SequenceMixer):
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, deterministic: bool = True
                  ) -> jax.Array:
+        out_dtype = x.dtype if self.dtype is None else self.dtype
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if mask is not None:
             x = x * mask[..., None].astype(x.dtype)
         y, _ = lru_ops.lru(x, *self._recurrence_params(), self.c_re, self.c_im, self.d,
@@ -79,7 +85,7 @@ class LRUMixer(SequenceMixer):
             y_bwd, _ = lru_ops.lru(x, *self._recurrence_params(), self.c_re_bwd, self.c_im_bwd, zero_d,
                                    reverse=True, method=self.scan_method)
             y = y + y_bwd
-        return y.astype(x.dtype)
+        return y.astype(out_dtype)
 
     def init_state(self, batch_size: int) -> jax.Array:
         self._check_causal_for_decoding()
@@ -87,5 +93,7 @@ class LRUMixer(SequenceMixer):
 
     def step(self, state: jax.Array, x_t: jax.Array) -> tuple[jax.Array, jax.Array]:
         self._check_causal_for_decoding()
+        out_dtype = x_t.dtype if self.dtype is None else self.dtype
+        x_t = x_t.astype(jnp.promote_types(x_t.dtype, jnp.float32))
         state, y_t = lru_ops.lru_step(state, x_t, *self._recurrence_params(), self.c_re, self.c_im, self.d)
-        return state, y_t.astype(x_t.dtype)
+        return state, y_t.astype(out_dtype)

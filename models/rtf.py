@@ -38,6 +38,8 @@ class RTFMixer(SequenceMixer):
       trunc_len: T, must exceed N (ValueError otherwise). Set it to the task's sequence length.
       coefficient_init: "zeros" (official default: a = b = 0, so the layer starts as D u), "montel"
         (U(+-1/N): stable) or "xavier" (U(+-1/sqrt(N)): may be unstable); applied to both a and b.
+      dtype: dtype of the output (None: the input's), e.g. bfloat16 in a mixed-precision encoder. The kernel
+        and the FFT convolution always compute in float32 (inputs are promoted); only the output is cast.
 
     Parameters: a, b (H, N) ("ssm" group), a_bwd, b_bwd for the backward direction of a bidirectional layer
     (its kernel starts at lag 1: ops.ssm.fft_bidirectional_conv), D (H,) ~ N(0, 1) (the official h_0,
@@ -50,6 +52,7 @@ class RTFMixer(SequenceMixer):
     state_size: int = 64
     trunc_len: int = 2048
     coefficient_init: str = "zeros"
+    dtype: Any = None
 
     def setup(self) -> None:
         if not isinstance(self.state_size, int) or self.state_size < 1:
@@ -76,6 +79,8 @@ class RTFMixer(SequenceMixer):
     def __call__(
         self, x: jax.Array, *, mask: jax.Array | None = None, deterministic: bool = True
     ) -> jax.Array:
+        out_dtype = x.dtype if self.dtype is None else self.dtype
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if mask is not None:
             if mask.shape != x.shape[:2]:
                 raise ValueError(f"RTFMixer: mask must be (B, L) = {x.shape[:2]}; got {mask.shape}.")
@@ -88,18 +93,22 @@ class RTFMixer(SequenceMixer):
             y = ssm_ops.fft_bidirectional_conv(x_in, kernels[0], kernels[1])
         else:
             y = ssm_ops.fft_causal_conv(x_in, kernels[0])
-        return (y + self.d * x_in).astype(x.dtype)
+        return (y + self.d * x_in).astype(out_dtype)
 
-    def init_state(self, batch_size: int) -> jax.Array:
-        """Zeros (B, H, N): the shift register of the last N values of the denominator's recursion."""
-        self._check_causal_for_decoding()
-        a, _ = self.coefficients[0]
-        return jnp.zeros((batch_size, self.d_model, self.state_size), a.dtype)
-
-    def step(self, state: jax.Array, x_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def init_state(self, batch_size: int) -> dict[str, jax.Array]:
+        """{"x": zeros (B, H, N), the shift register of the last N values of the denominator's recursion;
+        "c": (H, N) output coefficients of the recurrent form, solved once here (O(H N^3 log T)) so that each
+        step costs O(B H N)}. A state is tied to the parameters it was made with."""
         self._check_causal_for_decoding()
         a, b = self.coefficients[0]
         c = rtf_ops.rtf_output_coefficients(a, b, self.trunc_len)
-        state, y = rtf_ops.rtf_step(state, x_t.astype(state.dtype), a, c)
-        return state, (y + self.d * x_t).astype(x_t.dtype)
+        return {"x": jnp.zeros((batch_size, self.d_model, self.state_size), c.dtype), "c": c}
+
+    def step(self, state: dict[str, jax.Array], x_t: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+        self._check_causal_for_decoding()
+        a, _ = self.coefficients[0]
+        out_dtype = x_t.dtype if self.dtype is None else self.dtype
+        x_t = x_t.astype(jnp.promote_types(x_t.dtype, state["x"].dtype))
+        x, y = rtf_ops.rtf_step(state["x"], x_t, a, state["c"])
+        return {**state, "x": x}, (y + self.d * x_t).astype(out_dtype)
 

@@ -8,6 +8,11 @@ Parameters are real arrays (complex ones as separate real and imaginary parts). 
 parameters (eigenvalues, step sizes, B, and S4's low-rank P) are marked with the "ssm" optimiser group
 (lower lr, no weight decay, anchors.md s3); C stays in the default group and D, a vector, in "no_decay".
 
+Mixed precision: every mixer has a `dtype` option, the dtype of its output (None: the input's), e.g. bfloat16
+in a mixed-precision encoder. Whatever it is, the mixers compute in float32 (complex64): inputs are promoted,
+kernels, FFT convolutions (ops.ssm) and scans (ops.scan) accumulate in float32, and only the output is cast.
+Parameters are float32.
+
 Padding: positions with mask False get zero input, so with right padding they never reach real positions,
 in either direction. Bidirectional layers share the eigenvalues, step sizes and B between the two directions
 and have their own output map C (the S4 code and S5 do the same).
@@ -72,6 +77,10 @@ def _masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return x * mask[..., None].astype(x.dtype)
 
 
+def _at_least_float32(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _complex_dtype(real: jax.Array) -> jnp.dtype:
     return jnp.result_type(real.dtype, jnp.complex64)
 
@@ -79,17 +88,19 @@ def _complex_dtype(real: jax.Array) -> jnp.dtype:
 class _SISOConvMixer(SequenceMixer):
     """Shared wiring of the convolutional SISO mixers: kernels (directions, H, L) -> y = K * u + D u."""
 
+    dtype: Any = None
+
     def _kernels(self, length: int) -> jax.Array:  # (1 or 2, H, L)
         raise NotImplementedError
 
     def _apply_kernels(self, x: jax.Array, mask: jax.Array | None, d: jax.Array) -> jax.Array:
-        u = _masked(x, mask)
+        u = _masked(_at_least_float32(x), mask)
         kernels = self._kernels(u.shape[1])
         if self.bidirectional:
             y = ssm_ops.fft_bidirectional_conv(u, kernels[0], kernels[1])
         else:
             y = ssm_ops.fft_causal_conv(u, kernels[0])
-        return (y + d * u).astype(x.dtype)
+        return (y + d * u).astype(x.dtype if self.dtype is None else self.dtype)
 
 
 @register_mixer("s4")
@@ -109,9 +120,11 @@ class S4Mixer(_SISOConvMixer):
     (ops.hippo.legs_nplr, B_n = sqrt(2n+1)) identically in every channel; C_re, C_im: C~, complex normal
     (E|C~|^2 = 1), default group; C_re_bwd, C_im_bwd for the backward direction; D (H,) ~ N(0, 1).
 
-    Decoding (`step`) unfolds the conjugate pairs into N complex states and uses the dense discretised
-    system with C_bar = C~ (I - A_bar^L_max)^{-1} (ops.ssm.s4_recurrent_system), recomputed at every call:
-    O(H N^3 log L_max) per step for the setup and O(B H N^2) for the update.
+    Decoding unfolds the conjugate pairs into N complex states and uses the dense discretised system with
+    C_bar = C~ (I - A_bar^L_max)^{-1} (ops.ssm.s4_recurrent_system). `init_state` computes that system once,
+    O(H N^3 log L_max), and carries it in the state next to the hidden state, so each `step` costs only the
+    O(B H N^2) update: the state is {"h": (B, H, N), "A_bar": (H, N, N), "B_bar": (H, N), "C_bar": (H, N)}.
+    A state is tied to the parameters it was made with: decode with the variables given to `init_state`.
     """
 
     d_state: int = 64
@@ -166,18 +179,22 @@ class S4Mixer(_SISOConvMixer):
     ) -> jax.Array:
         return self._apply_kernels(x, mask, self.d)
 
-    def init_state(self, batch_size: int) -> jax.Array:
-        """Zeros (B, H, N) complex: the unfolded state of the dense recurrent form."""
-        self._check_causal_for_decoding()
-        return jnp.zeros((batch_size, self.d_model, self.d_state), _complex_dtype(self.lambda_im))
-
-    def step(self, state: jax.Array, x_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def init_state(self, batch_size: int) -> dict[str, jax.Array]:
+        """Hidden state zeros (B, H, N) complex plus the discretised system, computed once here."""
         self._check_causal_for_decoding()
         lam, p, b, c_tilde, step = self._system()
         a_bar, b_bar, c_bar = ssm_ops.s4_recurrent_system(lam, p, b, c_tilde[0], step, self.l_max)
-        state = jnp.einsum("hij,bhj->bhi", a_bar, state) + b_bar * x_t[..., None].astype(b_bar.dtype)
-        y = jnp.einsum("hn,bhn->bh", c_bar, state).real + self.d * x_t
-        return state, y.astype(x_t.dtype)
+        h = jnp.zeros((batch_size, self.d_model, self.d_state), a_bar.dtype)
+        return {"h": h, "A_bar": a_bar, "B_bar": b_bar, "C_bar": c_bar}
+
+    def step(self, state: dict[str, jax.Array], x_t: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+        self._check_causal_for_decoding()
+        a_bar, b_bar, c_bar = state["A_bar"], state["B_bar"], state["C_bar"]
+        out_dtype = x_t.dtype if self.dtype is None else self.dtype
+        x_t = _at_least_float32(x_t)
+        h = jnp.einsum("hij,bhj->bhi", a_bar, state["h"]) + b_bar * x_t[..., None].astype(b_bar.dtype)
+        y = jnp.einsum("hn,bhn->bh", c_bar, h).real + self.d * x_t
+        return {**state, "h": h}, y.astype(out_dtype)
 
 
 S4D_INITS = ("lin", "inv", "legs")
@@ -276,9 +293,11 @@ class S4DMixer(_SISOConvMixer):
         self._check_causal_for_decoding()
         lam, b, c, step = self._system()
         lam_bar, scale = hippo.discretize_diagonal(lam, step[:, None], self.discretization)
+        out_dtype = x_t.dtype if self.dtype is None else self.dtype
+        x_t = _at_least_float32(x_t)
         state = lam_bar * state + (scale * b) * x_t[..., None].astype(lam_bar.dtype)
         y = 2 * jnp.sum(c[0] * state, axis=-1).real + self.d * x_t
-        return state, y.astype(x_t.dtype)
+        return state, y.astype(out_dtype)
 
 
 @register_mixer("s5")
@@ -311,6 +330,7 @@ class S5Mixer(SequenceMixer):
     conj_sym: bool = True
     clip_eigs: bool = False
     scan_method: str = "auto"
+    dtype: Any = None
 
     def setup(self) -> None:
         _check_step_range("S5Mixer", self.dt_min, self.dt_max)
@@ -362,13 +382,13 @@ class S5Mixer(SequenceMixer):
     def __call__(
         self, x: jax.Array, *, mask: jax.Array | None = None, deterministic: bool = True
     ) -> jax.Array:
-        u = _masked(x, mask)
+        u = _masked(_at_least_float32(x), mask)
         lam_bar, b_bar = self._discrete_system()
         y = jnp.zeros(u.shape, jnp.result_type(u, self.d))
         for direction, (c_re, c_im) in enumerate(self.c_parts):
             y = y + ssm_ops.s5_ssm(lam_bar, b_bar, c_re + 1j * c_im, u, conj_sym=self.conj_sym,
                                    reverse=direction == 1, method=self.scan_method)
-        return (y + self.d * u).astype(x.dtype)
+        return (y + self.d * u).astype(x.dtype if self.dtype is None else self.dtype)
 
     def init_state(self, batch_size: int) -> jax.Array:
         self._check_causal_for_decoding()
@@ -378,5 +398,7 @@ class S5Mixer(SequenceMixer):
         self._check_causal_for_decoding()
         lam_bar, b_bar = self._discrete_system()
         c_re, c_im = self.c_parts[0]
+        out_dtype = x_t.dtype if self.dtype is None else self.dtype
+        x_t = _at_least_float32(x_t)
         state, y = ssm_ops.s5_step(state, x_t, lam_bar, b_bar, c_re + 1j * c_im, conj_sym=self.conj_sym)
-        return state, (y + self.d * x_t).astype(x_t.dtype)
+        return state, (y + self.d * x_t).astype(out_dtype)

@@ -18,12 +18,16 @@ has a bias term.
   "simvq"     straight-through keys; codebook = frozen random codes (H, S, K) (stored in the "codebook" group,
               stop-gradiented, so SGD leaves them unchanged) @ W (H, K, K) (initialised to the identity, in
               the no-weight-decay group), trained by the codebook loss.
+Codebook health options of the EMA quantisers (VQAttentionMixer): data-dependent initialisation from the first
+update's keys (codebook_init "keys" / "kmeans") and dead-code restarts (dead_code_threshold); off by default
+(Transformer-VQ's random codes, no restarts). Note that a first-layer mixer reading token embeddings without
+positions sees at most vocabulary-size distinct keys, so at most that many codes can be in use.
 "vq_soft": soft VQ (methods.md section 6): p(s | k) = softmax_s(-||k - c_s||^2 / temperature), differentiable,
   no straight-through and no auxiliary losses; the codebook (H, S, K) is learned by backpropagation
   (no-weight-decay group), or frozen random codes if learn_codebook=False (a Performer-like soft VQ).
 
-What the mixers sow (collections are written only when the caller makes them mutable; sow appends to a
-tuple, so each value below appears as a 1-tuple per mixer instance):
+What the mixers sow (collections are written only when the caller makes them mutable, never by `init`; sow
+appends to a tuple, so each value below appears as a 1-tuple per mixer instance):
   "losses"/"vq_commit"    scalar = commitment_weight * (mean over real tokens of ||k - sg(c_z)||^2,
                           summed over heads). ADD to the loss as it is. ("vq" only.)
   "losses"/"vq_codebook"  scalar. quantizer "ema"/"rotation": the EMA surrogate
@@ -32,7 +36,9 @@ tuple, so each value below appears as a 1-tuple per mixer instance):
                           plain SGD with learning rate 1 and nothing else (no clipping, decay or averaging
                           of those gradients), so that the step sets c to c_tgt = 0.99 c + 0.01 (batch
                           statistics). The batch statistics are SUMS over all real tokens of the batch (per
-                          code: key sum and count).
+                          code: key sum and count). With codebook_init != "random" or dead_code_threshold > 0
+                          the same surrogate also carries the data initialisation and the restarts (they are
+                          part of the targets) and increments the `codebook_updates` counter.
                           quantizer "simvq": simvq_codebook_weight * (mean over real tokens of
                           ||sg(k) - c_z||^2, summed over heads); it trains W. ("vq" only.)
   "metrics"/"code_usage"          exp(code entropy) / S: the effective fraction of the codebook in use in this
@@ -41,6 +47,8 @@ tuple, so each value below appears as a 1-tuple per mixer instance):
   "metrics"/"dead_code_fraction"  share of codes no real token of the batch used, mean over heads.
   "metrics"/"quantization_error"  mean over real tokens and heads of ||k - q|| / ||k|| (q = nearest code for
                                   "vq", the soft reconstruction sum_s p_s c_s for "vq_soft").
+  "metrics"/"restarted_code_fraction"  share of the codes restarted by this update, mean over heads ("vq" with
+                                  dead_code_threshold > 0, and only when "losses" is mutable too).
 All metrics are stop-gradiented scalars. Nothing is sown by `step`.
 """
 
@@ -58,6 +66,7 @@ from ops import vq as vq_ops
 from ops import vq_attention as vqa
 
 QUANTIZERS = ("ema", "rotation", "simvq")
+CODEBOOK_INITS = ("random", "keys", "kmeans")
 LOSSES = "losses"
 METRICS = "metrics"
 
@@ -156,7 +165,9 @@ class _VQMixerBase(SequenceMixer):
             raise ValueError(f"{name}: mask must be (B, L) = {x.shape[:2]}, got {mask.shape}")
 
     # Subclasses: codes / assignments for the keys, the codebook the attention sees, and their losses.
-    def _quantize(self, k: jax.Array) -> dict[str, jax.Array]:
+    # `update` is True when the call will sow its losses (a training step that moves the codebook).
+    def _quantize(self, k: jax.Array, mask: jax.Array | None = None, update: bool = False
+                  ) -> dict[str, jax.Array]:
         raise NotImplementedError
 
     def _sow_losses(self, k: jax.Array, quantized: dict[str, jax.Array], mask: jax.Array | None) -> None:
@@ -176,15 +187,17 @@ class _VQMixerBase(SequenceMixer):
                  ) -> jax.Array:
         self._check_input(x, mask)
         q, k, v, g = self._project(x)
-        quantized = self._quantize(k)
+        # Initialisation creates parameters only: nothing is sown and no codebook update is prepared then.
+        sow = not self.is_initializing()
+        quantized = self._quantize(k, mask, update=sow and self.is_mutable_collection(LOSSES))
         attn = vqa.vq_attention(
             q, v, quantized["attention_codebook"], quantized["assignments"], block_len=self.block_len,
             quantized_keys=quantized.get("quantized_keys"), bias=self.bias, mask=mask,
             causal=not self.bidirectional, formulation=self.formulation,
             grad_through_cache=self.grad_through_cache)
-        if self.is_mutable_collection(LOSSES):
+        if sow and self.is_mutable_collection(LOSSES):
             self._sow_losses(k, quantized, mask)
-        if self.is_mutable_collection(METRICS):
+        if sow and self.is_mutable_collection(METRICS):
             self._sow_metrics(k, quantized["codes"], quantized["reconstruction"], mask)
         return self._output(attn, g).astype(x.dtype)
 
@@ -216,12 +229,34 @@ class VQAttentionMixer(_VQMixerBase):
       commitment_weight: beta of the commitment loss (Transformer-VQ: 1e-4).
       ema_decay: gamma of the EMA codebook (0.99).
       simvq_codebook_weight: weight of the SimVQ codebook loss.
+      codebook_init: EMA quantisers only. "random" (Transformer-VQ: normal codes, count 1); "keys": at the
+        first update, the codes become distinct real keys of that batch drawn uniformly; "kmeans": at the first
+        update, k-means++ seeding then `kmeans_iters` Lloyd iterations on that batch's real keys (per head).
+        Data-initialised codes get count 1, as random ones; the first update's EMA step then applies.
+      kmeans_iters: Lloyd iterations of codebook_init="kmeans".
+      dead_code_threshold: EMA quantisers only. 0 = no restarts (Transformer-VQ). Otherwise, at every update a
+        code whose EMA count (after the EMA step) is below this share of the head's mean count is moved to a
+        random real key of the batch, with that count (ops.vq.restart_dead_codes).
+
+    Data initialisation and restarts are functional: they are part of the EMA targets that the surrogate's
+    SGD(1) step writes into c_sum / c_count. Their state is two more "codebook"-group parameters (so it is
+    checkpointed and resumes bitwise): `codebook_updates`, the number of updates applied (0 = the data
+    initialisation is still pending; incremented by the same surrogate), and `codebook_seed`, an integer
+    drawn at init from the "params" RNG; the random draws of an update use key(seed) folded with the update
+    number, so they are deterministic and independent of the devices the batch is split over.
     """
 
     quantizer: str = "ema"
     commitment_weight: float = 1e-4
     ema_decay: float = 0.99
     simvq_codebook_weight: float = 1.0
+    codebook_init: str = "random"
+    kmeans_iters: int = 10
+    dead_code_threshold: float = 0.0
+
+    @property
+    def _has_codebook_state(self) -> bool:
+        return self.codebook_init != "random" or self.dead_code_threshold > 0
 
     def setup(self) -> None:
         self._check_options()
@@ -230,6 +265,17 @@ class VQAttentionMixer(_VQMixerBase):
                              f"{QUANTIZERS}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"VQAttentionMixer: ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.codebook_init not in CODEBOOK_INITS:
+            raise ValueError(f"VQAttentionMixer: unknown codebook_init {self.codebook_init!r}; expected one of "
+                             f"{CODEBOOK_INITS}")
+        if not 0.0 <= self.dead_code_threshold <= 1.0:
+            raise ValueError(f"VQAttentionMixer: dead_code_threshold must be in [0, 1] (a share of the mean "
+                             f"code count; 0 = no restarts), got {self.dead_code_threshold}")
+        if self.kmeans_iters < 0:
+            raise ValueError(f"VQAttentionMixer: kmeans_iters must be >= 0, got {self.kmeans_iters}")
+        if self.quantizer == "simvq" and self._has_codebook_state:
+            raise ValueError("VQAttentionMixer: codebook_init and dead_code_threshold apply to the EMA codebook "
+                             "(quantizer 'ema' or 'rotation'), not to 'simvq'")
         self._setup_common()
         h, s, k = self.num_heads, self.codebook_size, self.key_dim
         # Normalised keys have components of scale K^(-1/4); codes start at the same scale.
@@ -244,6 +290,12 @@ class VQAttentionMixer(_VQMixerBase):
             self.c_sum = self.param("c_sum", grouped(code_init, CODEBOOK), (h, s, k), self.param_dtype)
             self.c_count = self.param("c_count", grouped(nn.initializers.ones, CODEBOOK), (h, s),
                                       self.param_dtype)
+        if self._has_codebook_state:
+            # Integer-valued float32 scalars (exact below 2^24), set only through the SGD(1) surrogate.
+            seed_init = lambda key, shape: jax.random.randint(key, shape, 0, 2**24).astype(jnp.float32)  # noqa: E731
+            self.codebook_updates = self.param("codebook_updates", grouped(nn.initializers.zeros, CODEBOOK), (),
+                                               jnp.float32)
+            self.codebook_seed = self.param("codebook_seed", grouped(seed_init, CODEBOOK), ())
 
     def codebook(self) -> jax.Array:
         """The codebook (H, S, K); differentiable in W for SimVQ, stop-gradiented for the EMA quantisers."""
@@ -251,8 +303,42 @@ class VQAttentionMixer(_VQMixerBase):
             return vq_ops.simvq_codebook(self.frozen_codes, self.code_projection)
         return vq_ops.codebook_from_ema(self.c_sum, self.c_count)
 
-    def _quantize(self, k: jax.Array) -> dict[str, jax.Array]:
-        codebook = self.codebook()
+    def _update_key(self, purpose: int) -> jax.Array:
+        """The PRNG key of this update: key(seed) folded with the update number and the purpose."""
+        key = jax.random.key(sg(self.codebook_seed).astype(jnp.uint32))
+        return jax.random.fold_in(jax.random.fold_in(key, sg(self.codebook_updates).astype(jnp.uint32)), purpose)
+
+    def _data_codebook(self, k: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """Codebook (H, S, K) from the real keys k (B, L, H, K) of this batch (codebook_init "keys"/"kmeans")."""
+        h, s, width = self.num_heads, self.codebook_size, self.key_dim
+        vectors = sg(k).reshape(-1, h, width).astype(self.c_sum.dtype)
+        flat_mask = None if mask is None else mask.reshape(-1)
+        key = self._update_key(0)
+        if self.codebook_init == "keys":
+            weights = jnp.ones(vectors.shape[:1]) if flat_mask is None else flat_mask.astype(jnp.float32)
+            return jnp.swapaxes(vectors[vq_ops.sample_vectors(key, weights, s)], 0, 1)
+        run = lambda x, key: vq_ops.kmeans(x, s, key, num_iters=self.kmeans_iters, mask=flat_mask,  # noqa: E731
+                                           init="kmeans++")
+        return jax.vmap(run, in_axes=(1, 0))(vectors, jax.random.split(key, h))
+
+    def _ema_statistics(self, k: jax.Array, mask: jax.Array | None, update: bool) -> tuple[jax.Array, jax.Array]:
+        """(c_sum, c_count) this call quantises with: the stored ones, or at the first update (while
+        codebook_updates == 0 and the batch has a real token) the data initialisation (codes, count 1)."""
+        if not update or self.codebook_init == "random":
+            return self.c_sum, self.c_count
+        has_real = jnp.asarray(True) if mask is None else jnp.any(mask)
+        pending = (sg(self.codebook_updates) == 0) & has_real
+        return jax.lax.cond(pending, lambda: (self._data_codebook(k, mask), jnp.ones_like(self.c_count)),
+                            lambda: (sg(self.c_sum), sg(self.c_count)))
+
+    def _quantize(self, k: jax.Array, mask: jax.Array | None = None, update: bool = False
+                  ) -> dict[str, jax.Array]:
+        ema = None
+        if self.quantizer == "simvq":
+            codebook = self.codebook()
+        else:
+            ema = self._ema_statistics(k, mask, update)
+            codebook = vq_ops.codebook_from_ema(*ema)
         fixed = sg(codebook)
         codes, _ = vq_ops.nearest_code(k, fixed)
         nearest = vq_ops.gather_codes(codes, fixed)
@@ -260,8 +346,11 @@ class VQAttentionMixer(_VQMixerBase):
             k_hat = vq_ops.rotation_trick(k, nearest)
         else:
             k_hat = vq_ops.straight_through(k, nearest)
-        return dict(codes=codes, reconstruction=nearest, quantized_keys=k_hat, attention_codebook=fixed,
-                    assignments=jax.nn.one_hot(codes, self.codebook_size, dtype=k.dtype), codebook=codebook)
+        out = dict(codes=codes, reconstruction=nearest, quantized_keys=k_hat, attention_codebook=fixed,
+                   assignments=jax.nn.one_hot(codes, self.codebook_size, dtype=k.dtype), codebook=codebook)
+        if ema is not None:
+            out["ema_statistics"] = ema
+        return out
 
     def _sow_losses(self, k: jax.Array, quantized: dict[str, jax.Array], mask: jax.Array | None) -> None:
         codes = quantized["codes"]
@@ -272,8 +361,19 @@ class VQAttentionMixer(_VQMixerBase):
             self.sow(LOSSES, "vq_codebook",
                      self.simvq_codebook_weight * vq_ops.codebook_loss(k, trainable, mask))
         else:
-            targets = vq_ops.ema_targets(k, codes, self.c_sum, self.c_count, self.ema_decay, mask)
-            self.sow(LOSSES, "vq_codebook", vq_ops.ema_surrogate_loss(self.c_sum, self.c_count, *targets))
+            c_sum, c_count = quantized["ema_statistics"]
+            targets = vq_ops.ema_targets(k, codes, c_sum, c_count, self.ema_decay, mask)
+            params, target_values = [self.c_sum, self.c_count], list(targets)
+            if self.dead_code_threshold > 0:
+                *restarted, dead = vq_ops.restart_dead_codes(*targets, k, self._update_key(1),
+                                                             self.dead_code_threshold, mask)
+                target_values = restarted
+                if self.is_mutable_collection(METRICS):
+                    self.sow(METRICS, "restarted_code_fraction", jnp.mean(dead.astype(jnp.float32)))
+            if self._has_codebook_state:
+                params.append(self.codebook_updates)
+                target_values.append(sg(self.codebook_updates) + 1.0)
+            self.sow(LOSSES, "vq_codebook", vq_ops.assign_surrogate_loss(params, target_values))
 
 
 @register_mixer("vq_soft")
@@ -297,7 +397,8 @@ class SoftVQAttentionMixer(_VQMixerBase):
         self.codes = self.param("codes", grouped(_scaled_normal(self.key_dim**-0.25), group),
                                 (self.num_heads, self.codebook_size, self.key_dim), self.param_dtype)
 
-    def _quantize(self, k: jax.Array) -> dict[str, jax.Array]:
+    def _quantize(self, k: jax.Array, mask: jax.Array | None = None, update: bool = False
+                  ) -> dict[str, jax.Array]:
         codebook = self.codes if self.learn_codebook else sg(self.codes)
         assignments = vq_ops.soft_assignments(k, codebook.astype(k.dtype), self.temperature)
         return dict(codes=jnp.argmax(assignments, axis=-1), assignments=assignments,

@@ -48,9 +48,12 @@ def eigenvalues(nu_log: Array, theta_log: Array) -> Array:
 
 
 def gamma_log_init(nu_log: Array, theta_log: Array) -> Array:
-    """log sqrt(1 - |lambda|^2), the normaliser that makes the state's variance independent of |lambda|."""
-    magnitude_squared = jnp.exp(-2.0 * jnp.exp(nu_log))
-    return 0.5 * jnp.log1p(-magnitude_squared)
+    """log sqrt(1 - |lambda|^2), the normaliser that makes the state's variance independent of |lambda|.
+
+    1 - |lambda|^2 = -expm1(-2 nu) with nu = exp(nu_log): exact to rounding even for |lambda| within 1e-6 of 1,
+    where 1 - exp(-2 nu) in float32 would lose most digits (0.7% error in gamma at nu = 1e-6).
+    """
+    return 0.5 * jnp.log(-jnp.expm1(-2.0 * jnp.exp(nu_log)))
 
 
 def input_projection(u: Array, b_re: Array, b_im: Array, gamma: Array) -> Array:
@@ -78,7 +81,10 @@ def lru(u: Array, nu_log: Array, theta_log: Array, gamma_log: Array, b_re: Array
       method: the `linear_recurrence` method.
     Returns:
       y (B, L, H) real and the last state (B, N) complex.
+    Dtypes: u may be bfloat16/float16 (mixed precision): it is promoted, so the projections, the recurrence (state
+    at least complex64, accumulated by `linear_recurrence`) and y are in at least float32; the caller casts y.
     """
+    u = u.astype(jnp.promote_types(jnp.result_type(u, nu_log, b_re, c_re, d), jnp.float32))
     lam = eigenvalues(nu_log, theta_log)
     bu = input_projection(u, b_re, b_im, jnp.exp(gamma_log))
     h, h_last = linear_recurrence(lam, bu, h0, reverse=reverse, method=method)

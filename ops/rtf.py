@@ -60,9 +60,11 @@ def rtf_kernel(a: jax.Array, b: jax.Array, trunc_len: int) -> jax.Array:
     """The length-T kernel K = irfft(rfft(b, T) / rfft((1, a), T)): (..., N) coefficients -> (..., T) real.
 
     a, b: (..., N) real (broadcast against each other). Cost O(T log T) per channel, independent of N
-    (besides reading the coefficients). Raises ValueError unless T > N.
+    (besides reading the coefficients). Raises ValueError unless T > N. Computed and returned in at least
+    float32 (FFTs of 16-bit coefficients would lose the kernel's tail).
     """
-    a, b = jnp.asarray(a), jnp.asarray(b)
+    dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
+    a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"rtf_kernel: a and b need the same state size N; got {a.shape} and {b.shape}.")
     _check_trunc_len(trunc_len, a.shape[-1], "rtf_kernel")

@@ -15,6 +15,9 @@ Conventions used by every function here:
   explicitly (w / d(Lambda) + conj(w) / d(conj(Lambda))), as the S4 code's "conj" Cauchy kernel does.
 * Kernels are returned channels-first, (..., H, L); inputs and outputs are (B, L, H). `fft_causal_conv`
   takes the kernel as (H, L), as the kernel functions return it.
+* Dtypes (mixed precision): inputs u may be bfloat16/float16. Kernels are computed in at least complex64, the
+  FFT convolutions in at least float32 (returned in the promoted dtype of u and the kernel), and S5's scan
+  accumulates in at least complex64 (ops.scan); nothing here accumulates in a 16-bit type.
 """
 
 from __future__ import annotations

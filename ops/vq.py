@@ -16,7 +16,11 @@ What is here (methods.md sections 5 and 12):
   commitment_loss       masked mean over tokens of ||x - sg(q)||^2, summed over heads.
   codebook_loss         the same with the stop-gradient on x (SimVQ trains W through it).
   soft_assignments      p(s | x) = softmax_s(-||x - c_s||^2 / tau) (soft VQ, methods.md section 6).
-  kmeans                codebook initialisation by Lloyd iterations on a batch of vectors.
+  kmeans                codebook initialisation by Lloyd iterations on a batch of vectors, seeded by uniformly
+                        drawn vectors or by k-means++ (`kmeans_plusplus`).
+  restart_dead_codes    replace codes whose EMA count fell below a share of the mean count by random current
+                        vectors (dead-code restarts), as new EMA statistics.
+  assign_surrogate_loss value 0, gradient p - target: one SGD(lr=1) step sets any parameter to its target.
   FSQ                   finite scalar quantisation (Mentzer et al.) with the paper's bound, its recommended
                         level sets, and the code <-> index bijection.
   health metrics        usage per code, entropy (in nats), dead-code share, relative quantisation error.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -198,18 +203,31 @@ def ema_targets(x: Array, codes: Array, c_sum: Array, c_count: Array, decay: flo
             decay * sg(c_count) + (1.0 - decay) * batch_count)
 
 
+def assign_surrogate_loss(params: Any, targets: Any) -> Array:
+    """sum sg(p - p_tgt) * (p - sg(p)) over the leaves of two matching pytrees: value 0, gradient p - p_tgt.
+
+    One plain-SGD step with learning rate 1 on it moves p to p - (p - p_tgt) = p_tgt (to rounding; exactly for
+    integer-valued floats below 2^24 in float32). This only holds if
+      (a) p gets no other gradient (read it through stop-gradients only), and
+      (b) the optimiser of p is exactly SGD(lr=1): no Adam, no clipping, no weight decay, no loss scaling or
+          averaging of this term.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    target_leaves = treedef.flatten_up_to(targets)
+    total = jnp.zeros((), jnp.result_type(*leaves) if leaves else jnp.float32)
+    for p, target in zip(leaves, target_leaves):
+        total = total + jnp.sum(sg(p - target) * (p - sg(p)))
+    return total
+
+
 def ema_surrogate_loss(c_sum: Array, c_count: Array, c_sum_target: Array, c_count_target: Array) -> Array:
     """sum sg(c - c_tgt) * (c - sg(c)) over c in (c_sum, c_count): value 0, gradient c - c_tgt.
 
-    One plain-SGD step with learning rate 1 on it moves c to c - (c - c_tgt) = c_tgt, the EMA update. This
-    only holds if
-      (a) the codebook gets no other gradient (use `codebook_from_ema`, which is stop-gradiented), and
-      (b) the optimiser of these parameters is exactly SGD(lr=1): no Adam, no clipping, no weight decay,
-          no loss scaling or averaging of this term.
+    One plain-SGD step with learning rate 1 on it moves c to c - (c - c_tgt) = c_tgt, the EMA update, under
+    the conditions of `assign_surrogate_loss` (the codebook is read through `codebook_from_ema`, which is
+    stop-gradiented, and its optimiser is SGD(lr=1) and nothing else).
     """
-    surrogate_sum = jnp.sum(sg(c_sum - c_sum_target) * (c_sum - sg(c_sum)))
-    surrogate_count = jnp.sum(sg(c_count - c_count_target) * (c_count - sg(c_count)))
-    return surrogate_sum + surrogate_count
+    return assign_surrogate_loss((c_sum, c_count), (c_sum_target, c_count_target))
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -249,26 +267,79 @@ def soft_assignments(x: Array, codebook: Array, temperature: float) -> Array:
 # ----------------------------------------------------------------------------------------------- k-means
 
 
-def kmeans(x: Array, num_codes: int, key: Array, *, num_iters: int = 10, mask: Array | None = None
-           ) -> Array:
+KMEANS_INITS = ("random", "kmeans++")
+
+
+def sample_vectors(key: Array, weights: Array, num: int) -> Array:
+    """Indices (num,) int32 of vectors drawn uniformly among those with weight > 0; deterministic given `key`.
+
+    Without replacement (Gumbel top-k) when num <= N = weights.shape[0], with replacement otherwise. If no
+    weight is positive the indices are arbitrary (but valid): callers check that there is a real vector.
+    """
+    if weights.ndim != 1 or num < 1:
+        raise ValueError(f"sample_vectors needs weights (N,) and num >= 1, got {weights.shape} and {num}")
+    log_w = jnp.where(weights > 0, 0.0, -jnp.inf)
+    if num <= weights.shape[0]:
+        _, idx = jax.lax.top_k(jax.random.gumbel(key, weights.shape, jnp.float32) + log_w, num)
+        return idx.astype(jnp.int32)
+    return jax.random.categorical(key, log_w, shape=(num,)).astype(jnp.int32)
+
+
+def kmeans_plusplus(x: Array, num_codes: int, key: Array, mask: Array | None = None) -> Array:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): (S, K) centroids drawn from the real vectors x (N, K).
+
+    The first centroid is a uniformly drawn real vector; each next one is drawn with probability proportional
+    to its squared distance to the nearest centroid chosen so far. When every real vector already coincides
+    with a centroid (fewer distinct vectors than codes) the draw falls back to uniform, so centroids repeat.
+    Deterministic given `key`; any N >= 1 (also N < S). Cost O(N S K), S sequential draws.
+    """
+    if x.ndim != 2 or num_codes < 1:
+        raise ValueError(f"k-means++ takes vectors (N, K) and num_codes >= 1, got {x.shape} and {num_codes}")
+    weights = _token_weights(x.shape[:1], mask, x.dtype)
+    uniform = jnp.where(weights > 0, 0.0, -jnp.inf)
+    keys = jax.random.split(key, num_codes)
+    first = x[jax.random.categorical(keys[0], uniform)]
+    centroids = jnp.zeros((num_codes, x.shape[1]), x.dtype).at[0].set(first)
+    dist = weights * jnp.sum(jnp.square(x - first), axis=-1)
+
+    def draw(i: int, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        centroids, dist = carry
+        logits = jnp.where(dist > 0, jnp.log(jnp.where(dist > 0, dist, 1.0)), -jnp.inf)
+        logits = jnp.where(jnp.any(dist > 0), logits, uniform)
+        chosen = x[jax.random.categorical(keys[i], logits)]
+        return (centroids.at[i].set(chosen),
+                jnp.minimum(dist, weights * jnp.sum(jnp.square(x - chosen), axis=-1)))
+
+    centroids, _ = jax.lax.fori_loop(1, num_codes, draw, (centroids, dist))
+    return centroids
+
+
+def kmeans(x: Array, num_codes: int, key: Array, *, num_iters: int = 10, mask: Array | None = None,
+           init: str = "random") -> Array:
     """A codebook (S, K) from Lloyd's k-means on the vectors x (N, K); deterministic given `key`.
 
-    Initial centroids are S distinct real vectors drawn uniformly (without replacement) by `key`; each
-    iteration assigns every real vector to its nearest centroid and moves each centroid to the mean of its
-    vectors (a centroid with no vectors stays where it is). The quantisation error never increases from one
-    iteration to the next. If there are fewer than S real vectors, some initial centroids are padded vectors.
-    Cost O(num_iters N S K).
+    init="random": the initial centroids are S distinct real vectors drawn uniformly (without replacement;
+    needs S <= N; if there are fewer than S real vectors, some initial centroids are padded vectors).
+    init="kmeans++": `kmeans_plusplus` seeding (any N). Each iteration assigns every real vector to its
+    nearest centroid and moves each centroid to the mean of its vectors (a centroid with no vectors stays
+    where it is). The quantisation error never increases from one iteration to the next. Cost
+    O(num_iters N S K).
     """
     if x.ndim != 2:
         raise ValueError(f"k-means takes vectors (N, K), got shape {x.shape}")
-    if not 1 <= num_codes <= x.shape[0]:
+    if init not in KMEANS_INITS:
+        raise ValueError(f"unknown k-means init {init!r}; expected one of {KMEANS_INITS}")
+    if init == "random" and not 1 <= num_codes <= x.shape[0]:
         raise ValueError(f"k-means needs 1 <= num_codes <= N = {x.shape[0]}, got num_codes={num_codes}")
     weights = _token_weights(x.shape[:1], mask, x.dtype)
-    # Gumbel top-k over log-weights: uniform sampling without replacement among the real vectors.
-    gumbel = jax.random.gumbel(key, x.shape[:1], x.dtype)
-    scores = jnp.where(weights > 0, gumbel, -jnp.inf)
-    _, first = jax.lax.top_k(scores, num_codes)
-    centroids = x[first]
+    if init == "kmeans++":
+        centroids = kmeans_plusplus(x, num_codes, key, mask)
+    else:
+        # Gumbel top-k over log-weights: uniform sampling without replacement among the real vectors.
+        gumbel = jax.random.gumbel(key, x.shape[:1], x.dtype)
+        scores = jnp.where(weights > 0, gumbel, -jnp.inf)
+        _, first = jax.lax.top_k(scores, num_codes)
+        centroids = x[first]
 
     def lloyd(_: int, centroids: Array) -> Array:
         codes, _ = nearest_code(x, centroids)
@@ -278,6 +349,40 @@ def kmeans(x: Array, num_codes: int, key: Array, *, num_iters: int = 10, mask: A
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centroids)
 
     return jax.lax.fori_loop(0, num_iters, lloyd, centroids)
+
+
+# ------------------------------------------------------------------------------------ dead-code restarts
+
+
+def restart_dead_codes(c_sum: Array, c_count: Array, x: Array, key: Array, threshold: float,
+                       mask: Array | None = None) -> tuple[Array, Array, Array]:
+    """Dead-code restarts for the EMA codebook: new (c_sum, c_count) and the restarted codes (H, S) bool.
+
+    A code of head h is dead when c_count[h, s] < threshold * mean_s c_count[h, s] (its EMA usage is below
+    `threshold` times the uniform share). Each dead code is moved to a real vector x_t of the current batch
+    drawn uniformly (without replacement while there are enough tokens; one draw of token positions shared by
+    the heads, each head taking its own key vector there), with count n = max(threshold * mean count,
+    MIN_CODE_COUNT) and c_sum = n x_t, so the code equals x_t and stays alive only if at least about
+    threshold * (uniform share) tokens per update keep choosing it. With no real token nothing is restarted.
+
+    Args:
+      c_sum (H, S, K), c_count (H, S): the EMA statistics (usually the targets of `ema_targets`).
+      x (..., H, K): the batch's vectors (stop-gradiented here); mask (...) bool or None.
+      threshold: in (0, 1]; 0 would restart nothing.
+    """
+    if c_sum.ndim != 3 or c_count.shape != c_sum.shape[:2] or x.shape[-2:] != (c_sum.shape[0], c_sum.shape[2]):
+        raise ValueError(f"restarts need c_sum (H, S, K), c_count (H, S) and x (..., H, K); got {c_sum.shape}, "
+                         f"{c_count.shape}, {x.shape}")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"dead-code threshold must be in (0, 1], got {threshold}")
+    heads, num_codes, width = c_sum.shape
+    weights = _token_weights(x.shape[:-2], mask, jnp.float32).reshape(-1)
+    vectors = sg(x).reshape(-1, heads, width).astype(c_sum.dtype)
+    level = threshold * jnp.mean(c_count, axis=-1, keepdims=True)                  # (H, 1)
+    dead = (c_count < level) & jnp.any(weights > 0)
+    new = jnp.swapaxes(vectors[sample_vectors(key, weights, num_codes)], 0, 1)      # (H, S, K)
+    count = jnp.broadcast_to(jnp.maximum(level, MIN_CODE_COUNT), c_count.shape)
+    return (jnp.where(dead[..., None], new * count[..., None], c_sum), jnp.where(dead, count, c_count), dead)
 
 
 # --------------------------------------------------------------------------------------------------- FSQ

@@ -122,13 +122,24 @@ def _merge_stats(first: tuple[Array, Array], second: tuple[Array, Array]) -> tup
 def _local_scores(q: Array, keys: Array, assignments: Array, codebook: Array, hard: bool) -> Array:
     """Scores of queries (..., C, H, K) against local keys (..., M, H, K) -> (..., H, C, M).
 
-    Hard VQ: q . k_hat. Soft VQ: log sum_s a_ms exp(q . c_s), computed with a per-query shift.
+    Hard VQ: q . k_hat. Soft VQ: log sum_s a_ms exp(q . c_s), computed as
+        shift + log sum_s exp(q . c_s + beta_s - shift) (a_ms / e^beta_s),
+    with beta_s = log max_m a_ms (stop-gradiented; codes no local key uses are left out) and the per-query
+    shift = max_s (q . c_s + beta_s): both factors are in [0, 1], so nothing overflows, and the key and code
+    attaining the maximum give a sum >= 1. A code far from every key (huge q . c_s, assignments ~ 0) therefore
+    cannot swamp the codes the keys do use (a shift of max_s q . c_s alone would underflow every local key).
     """
     if hard:
         return jnp.einsum("...chk,...mhk->...hcm", q, keys)
     code_scores = jnp.einsum("...chk,hsk->...hcs", q, codebook)
-    shift = sg(jnp.max(code_scores, axis=-1, keepdims=True))
-    mix = jnp.einsum("...hcs,...mhs->...hcm", jnp.exp(code_scores - shift), assignments)
+    top = sg(jnp.max(assignments, axis=-3))[..., None, :]                      # (..., H, 1, S)
+    used = top > 0
+    lifted = code_scores + _log_or_neg(top)
+    shift = sg(jnp.max(jnp.where(used, lifted, _NEG), axis=-1, keepdims=True))
+    shift = jnp.where(shift > _NEG / 2, shift, 0.0)                            # no local key uses any code
+    scale = jnp.where(used, jnp.exp(jnp.minimum(jnp.where(used, lifted, 0.0) - shift, 0.0)), 0.0)
+    relative = assignments / _safe_positive(jnp.swapaxes(top, -2, -3))         # a_ms / max_m a_ms
+    mix = jnp.einsum("...hcs,...mhs->...hcm", scale, relative)
     return _log_or_neg(mix) + shift
 
 

@@ -365,3 +365,17 @@ def test_bad_inputs_raise(case):
         inputs["mask"] = inputs["mask"][:, :-1]
     with pytest.raises(ValueError, match=case if case != "assignments" else "assignments"):
         run(inputs, **kwargs)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_soft_far_codes_do_not_swamp_the_used_ones(x64, causal):
+    # Codes 1, 2 are 300x farther out and (as softmax(-d^2) gives) used by no key: q . c_s is huge for them, and a
+    # per-query shift of max_s q . c_s would underflow every local key. The result must stay the dense one.
+    inputs = make_inputs(13, soft=True, bidirectional=not causal, block_len=4)
+    codebook = np.asarray(inputs["codebook"]).copy()
+    codebook[:, 1:] *= 300.0
+    keys = codebook[:, 0] + 0.1 * np.random.default_rng(13).normal(size=inputs["q"].shape)
+    dist = np.sum((keys[..., None, :] - codebook) ** 2, axis=-1)
+    assignments = np.exp(-(dist - dist.min(-1, keepdims=True)))
+    inputs.update(codebook=jnp.asarray(codebook), assignments=jnp.asarray(assignments / assignments.sum(-1)[..., None]))
+    assert_close_at_real(run(inputs, 4, causal=causal), reference_for(inputs, 4, causal=causal), inputs["mask"])

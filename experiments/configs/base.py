@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.0
     c.model.pooling = "mean"
     c.model.input_encoding = "embed"   # "embed" token ids, or "linear" for pixel values scaled to [-1, 1]
+    # Activation dtype: "float32" or "bfloat16" (mixed precision: parameters, norms, softmax normalisers, scans,
+    # FFT convolutions, prefix sums and the logits/loss stay float32; models/encoder.py).
+    c.model.dtype = "float32"
     # Options of each mixer (only the section named by model.mixer is used; defaults live in the mixer classes).
     # Length options (l_max, trunc_len, max_decode_len) set to 0 take the task's sequence length.
     c.model.lru = ml_collections.ConfigDict(dict(d_state=64, r_min=0.0, r_max=0.99, max_phase=6.283185307179586))
@@ -52,8 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.performer = ml_collections.ConfigDict(dict(num_heads=4, num_features=64, kernel="softmax",
                                                        chunk_size=64))
     c.model.nystrom = ml_collections.ConfigDict(dict(num_heads=4, num_landmarks=32))
+    # vq codebook health (EMA quantisers): codebook_init "random" (Transformer-VQ), "keys" or "kmeans" (from the
+    # first training batch's keys); dead_code_threshold > 0 restarts codes whose EMA count falls below that share
+    # of the mean count at random current keys (models/vq.py).
     c.model.vq = ml_collections.ConfigDict(dict(num_heads=1, key_dim=32, codebook_size=64, block_len=32,
-                                                quantizer="ema", commitment_weight=1e-4, ema_decay=0.99))
+                                                quantizer="ema", commitment_weight=1e-4, ema_decay=0.99,
+                                                codebook_init="random", kmeans_iters=10, dead_code_threshold=0.0))
     c.model.vq_soft = ml_collections.ConfigDict(dict(num_heads=1, key_dim=32, codebook_size=64, block_len=32,
                                                      temperature=1.0))
 
