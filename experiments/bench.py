@@ -125,6 +125,7 @@ class Settings:
     hang_seconds: float = 1800.0
     import_all_model_modules: bool = True
     seed: int = 0
+    mixer_overrides: Sequence[str] = ()  # "NAME.OPTION=VALUE" (Python literal), e.g. "softmax.num_heads=1"
 
     def validate(self) -> None:
         unknown = sorted(set(self.suites) - set(SUITES))
@@ -551,10 +552,33 @@ def import_model_modules() -> dict[str, str]:
     return failures
 
 
-def mixer_options_for(name: str, length: int, cache_length: int | None = None) -> dict[str, Any]:
+def parse_mixer_overrides(overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{"softmax": {"num_heads": 1}} from ["softmax.num_heads=1"]; values are Python literals (else strings).
+
+    Raises ValueError naming the --mixer_option entry that is not NAME.OPTION=VALUE."""
+    import ast
+
+    parsed: dict[str, dict[str, Any]] = {}
+    for entry in overrides:
+        key, sep, text = entry.partition("=")
+        name, dot, option = key.partition(".")
+        if not sep or not dot or not name or not option:
+            raise ValueError(f"--mixer_option={entry!r}: expected NAME.OPTION=VALUE, e.g. softmax.num_heads=1")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        parsed.setdefault(name, {})[option] = value
+    return parsed
+
+
+def mixer_options_for(
+    name: str, length: int, cache_length: int | None = None, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
     """The options the benchmark builds `name` with: the mixer's section of the base config when there is one
-    (what the trainer would use), with every length option the mixer has set to `length`, except
-    max_decode_len, set to `cache_length` when given."""
+    (what the trainer would use), then `overrides` (--mixer_option), with every length option the mixer has
+    set to `length`, except max_decode_len, set to `cache_length` when given. An override of an option the
+    mixer does not have raises ValueError naming it."""
     from models import mixer_options
 
     options: dict[str, Any] = {}
@@ -568,6 +592,11 @@ def mixer_options_for(name: str, length: int, cache_length: int | None = None) -
         options = {}
     known = mixer_options(name)
     options = {k: v for k, v in options.items() if k in known}
+    for option, value in parse_mixer_overrides(overrides).get(name, {}).items():
+        if option not in known:
+            raise ValueError(f"--mixer_option={name}.{option}: mixer {name!r} has no option {option!r}; "
+                             f"it has {sorted(known)}")
+        options[option] = value
     for key in LENGTH_OPTIONS:
         if key in known:
             options[key] = cache_length if key == "max_decode_len" and cache_length is not None else length
@@ -600,7 +629,7 @@ def _train_step_case(name: str, length: int, settings: Settings, row: dict[str, 
     from models import param_groups
     from models.encoder import Classifier, SequenceEncoder
 
-    options = mixer_options_for(name, length)
+    options = mixer_options_for(name, length, overrides=settings.mixer_overrides)
     row["options"] = _jsonable(options)
     encoder = SequenceEncoder(
         vocab_size=settings.vocab_size,
@@ -754,7 +783,8 @@ def _decode_case(
 
     # The model's own length options (S4's l_max, RTF's trunc_len) stay at --decode_model_length, the length
     # it would have been trained at: only the key-value cache follows the context.
-    options = mixer_options_for(name, settings.decode_model_length, cache_length=context)
+    options = mixer_options_for(name, settings.decode_model_length, cache_length=context,
+                                overrides=settings.mixer_overrides)
     row["options"] = _jsonable(options)
     mixer = make_mixer(name, d_model=settings.d_model, bidirectional=False, **options)
     batch = settings.decode_batch
@@ -1184,6 +1214,10 @@ _IMPORT_ALL = flags.DEFINE_bool(
     "import_all_model_modules", True, "Import every module under models/ so that all mixers register."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the inputs and parameters.")
+_MIXER_OPTION = flags.DEFINE_multi_string(
+    "mixer_option", [], "mixers / decode suites: NAME.OPTION=VALUE overriding one mixer's option, e.g. "
+    "--mixer_option=softmax.num_heads=1 (repeatable; recorded in each row's options)."
+)
 
 
 def settings_from_flags() -> Settings:
@@ -1221,6 +1255,7 @@ def settings_from_flags() -> Settings:
         hang_seconds=_HANG_SECONDS.value,
         import_all_model_modules=_IMPORT_ALL.value,
         seed=_SEED.value,
+        mixer_overrides=tuple(_MIXER_OPTION.value),
     )
     if _QUICK.value:
         explicit = {name for name in QUICK if flags.FLAGS[name].present}
@@ -1234,6 +1269,11 @@ def main(argv: Sequence[str]) -> None:
     # `kill -USR1 <pid>` prints every thread's Python stack to stderr (to see where a long run is).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     settings = settings_from_flags()
+    try:  # a malformed --mixer_option fails here, not after other suites have run
+        for name, options in parse_mixer_overrides(settings.mixer_overrides).items():
+            mixer_options_for(name, 1, overrides=[f"{name}.{k}={v!r}" for k, v in options.items()])
+    except (ValueError, KeyError) as error:
+        raise app.UsageError(str(error)) from None
     results = run(settings)
     print(
         json.dumps(

@@ -11,7 +11,8 @@ Each test costs seconds of XLA compilation (the models are tiny), so the module 
 optimisations off, and only part of it runs by default: one trainer run per core task (ListOps, Text,
 Retrieval, Image, MNIST, Pathfinder) and the one-step test of each family without a default trainer run, so
 that every family and every core task is covered. The rest (PMNIST, Fashion-MNIST, Path-X, second runs of the
-families, the other one-step tests) is marked slow: `pytest -m slow tests/test_all_tasks.py` runs it.
+families, the other one-step tests, and the full product of every family on every task) is marked slow:
+`pytest -m slow tests/test_all_tasks.py` runs it.
 """
 
 from __future__ import annotations
@@ -234,6 +235,17 @@ def test_every_task_trains_with_a_rotation_of_mixer_families(task, mixer, data_r
     assert {r["split"] for r in records} == {"train", "val", "test"}
     assert all(np.isfinite(r["loss"]) and 0.0 <= r["accuracy"] <= 1.0 for r in records)
     assert all(r["skipped"] == 0.0 for r in train)  # no step had a non-finite loss or gradient
+
+
+# The full product: every family on every task (Path-X without the quadratic mixers). About 100 trainer runs,
+# minutes of compilation, so it is marked slow: `pytest -m slow -k every_family_on_every_task`.
+FULL_PRODUCT = [(t, m) for t in TASKS for m in FAMILY_LIST if not (t == "pathx" and m in QUADRATIC_MIXERS)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,mixer", [pytest.param(t, m, id=f"{t}-{m}") for t, m in FULL_PRODUCT])
+def test_every_family_on_every_task(task, mixer, data_root, tmp_path):
+    test_every_task_trains_with_a_rotation_of_mixer_families(task, mixer, data_root, tmp_path)
 
 
 def test_rotation_covers_every_registered_family_and_every_task():

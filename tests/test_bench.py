@@ -265,3 +265,17 @@ def test_a_plot_that_fails_becomes_an_error_entry(toy_run, tmp_path):
     paths = bench.write_plots({"decode": written["decode"]}, str(tmp_path / "missing_dir" / "x.json"))
     assert set(paths) == {"decode"}
     assert "No such file or directory" in paths["decode"]["error"], paths  # the directory does not exist
+
+
+def test_mixer_option_overrides_one_mixer_and_rejects_unknown_options():
+    assert bench.parse_mixer_overrides(["softmax.num_heads=1", "softmax.position='rope'", "lru.r_max=0.9"]) == {
+        "softmax": {"num_heads": 1, "position": "rope"}, "lru": {"r_max": 0.9}}
+    base = bench.mixer_options_for("softmax", 64)
+    options = bench.mixer_options_for("softmax", 64, overrides=["softmax.num_heads=1", "lru.r_max=0.9"])
+    assert options["num_heads"] == 1 and base["num_heads"] != 1
+    assert {k: v for k, v in options.items() if k != "num_heads"} == {
+        k: v for k, v in base.items() if k != "num_heads"}
+    with pytest.raises(ValueError, match="softmax.bogus"):
+        bench.mixer_options_for("softmax", 64, overrides=["softmax.bogus=1"])
+    with pytest.raises(ValueError, match="NAME.OPTION=VALUE"):
+        bench.parse_mixer_overrides(["num_heads=1"])
