@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -422,6 +423,22 @@ def check_workdir(workdir: str, probe_bytes: int = 1 << 20) -> None:
                       "with free space") from error
 
 
+def check_checkpoint_space(workdir: str, state: Any, keep: int, free_bytes: int | None = None) -> None:
+    """Fails at start when the workdir's disk cannot hold the checkpoints this run will keep.
+
+    Needed: the state's bytes times (keep + 2): the last `keep` checkpoints, the best one and one being written.
+    `free_bytes` defaults to the free space of the workdir's file system (shutil.disk_usage).
+    """
+    state_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+    needed = state_bytes * (keep + 2)
+    if free_bytes is None:
+        free_bytes = shutil.disk_usage(workdir).free
+    if free_bytes < needed:
+        raise OSError(f"--workdir={workdir} is not usable: {free_bytes / 2**20:.1f} MiB free, but the checkpoints "
+                      f"of this run need about {needed / 2**20:.1f} MiB ({keep} kept + best + one being written, "
+                      f"{state_bytes / 2**20:.1f} MiB each); free space or choose another workdir")
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
@@ -488,6 +505,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch_size(config.train.eval_batch_size, "train.eval_batch_size")
 
     spec = data_lib.task_spec(config)
+    model = build_model(config, spec)
+    state, tx, labels = create_state(model, config, spec)
+    state = parallel.replicate(state)
+    abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    logging.info("model: %s mixer, %d parameters; groups: %s", config.model.mixer, _count_params(state["params"]),
+                 {g: sum(1 for x in jax.tree.leaves(labels) if x == g) for g in param_groups.GROUPS})
+    if is_writer:  # before the data are read or generated (Path-X: an hour), not at the first checkpoint
+        check_checkpoint_space(workdir, state, config.train.keep_checkpoints)
+
     splits = data_lib.load_splits(config)
     train_split = splits["train"]
     batches = BatchSchedule(len(train_split), config.train.batch_size, config.seed,
@@ -495,13 +521,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("task %s: train/val/test %d/%d/%d examples, length %d, %d steps per epoch",
                  spec.name, len(train_split), len(splits["val"]), len(splits["test"]),
                  spec.seq_len, batches.steps_per_epoch)
-
-    model = build_model(config, spec)
-    state, tx, labels = create_state(model, config, spec)
-    state = parallel.replicate(state)
-    abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    logging.info("model: %s mixer, %d parameters; groups: %s", config.model.mixer, _count_params(state["params"]),
-                 {g: sum(1 for x in jax.tree.leaves(labels) if x == g) for g in param_groups.GROUPS})
 
     checkpoints = Checkpoints(workdir, config.train.keep_checkpoints)
     meta = {"best_val_accuracy": -1.0, "best_step": -1, "wall_seconds": 0.0}
