@@ -117,6 +117,10 @@ def apply_anchor(c: ml_collections.ConfigDict, task: str, mixer: str) -> None:
         c.model.pooling = "mean" if pooling == "mean" else c.model.pooling  # CLS pooling: mean used instead
         if mixer in c.model and "num_heads" in c.model[mixer]:
             c.model[mixer].num_heads = heads
+        # Assumed: RoPE where LRA added learned absolute position embeddings (the encoder has none); without any
+        # position these bidirectional layers would see a bag of tokens.
+        if mixer in c.model and "position" in c.model[mixer]:
+            c.model[mixer].position = "rope"
         # LRA's "rsqrt_normalized_decay" multiplies lr by min(1, t / warmup) / sqrt(max(t, warmup)), so its peak is
         # lr / sqrt(warmup); we keep that peak and decay with a cosine instead of the inverse square root.
         peak = lr / math.sqrt(warmup) if warmup else lr
