@@ -254,23 +254,25 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str) -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(12, 4.5))
+    figure = Figure(figsize=(15, 4.5))
     FigureCanvasAgg(figure)
     loss_axis, accuracy_axis = figure.subplots(1, 2)
-    for row in rows:
+    for index, row in enumerate(rows):
+        # The default cycle has 10 colours: later runs change line style so that no two look alike.
+        style = {"color": f"C{index % 10}", "linestyle": ("-", "--", ":", "-.")[index // 10 % 4]}
         curves = training_curves(read_metrics(os.path.join(row["workdir"], METRICS_FILE)))
         name = os.path.basename(os.path.normpath(row["workdir"]))
         label = f"{row['task'] or '?'} / {row['mixer'] or '?'} ({name})"
         # A run with a single logged step would draw an invisible line of one point: mark the point instead.
         loss_axis.plot(*curves["train_loss"], marker="o" if len(curves["train_loss"][0]) == 1 else None,
-                       markersize=3, label=label)
-        accuracy_axis.plot(*curves["val_accuracy"], marker="o", markersize=3, label=label)
+                       markersize=3, label=label, **style)
+        accuracy_axis.plot(*curves["val_accuracy"], marker="o", markersize=3, label=label, **style)
     loss_axis.set(xlabel="step", ylabel="train loss", title="Training loss")
     accuracy_axis.set(xlabel="step", ylabel="validation accuracy", title="Validation accuracy")
     for axis in (loss_axis, accuracy_axis):
         axis.grid(alpha=0.3)
-    if rows:
-        accuracy_axis.legend(fontsize="small")
+    if rows:  # outside the axes, where it hides no curve
+        accuracy_axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     figure.tight_layout()
     figure.savefig(path, dpi=120, format="png")
     return path

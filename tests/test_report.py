@@ -182,7 +182,7 @@ def test_report_function_writes_the_table_and_the_plot(runs, tmp_path):
     out, plot = tmp_path / "results.md", tmp_path / "curves.png"
     table = report.report(root=str(root), out=str(out), plot=str(plot))
     assert out.read_text() == table and len(table_rows(table)) == 4
-    assert_png(plot, 12 * 120, int(4.5 * 120))
+    assert_png(plot, 15 * 120, int(4.5 * 120))
 
 
 def test_plot_draws_one_curve_per_workdir(runs, tmp_path):
@@ -190,7 +190,7 @@ def test_plot_draws_one_curve_per_workdir(runs, tmp_path):
     rows = report.collect([dirs["lru"], dirs["s5"], dirs["running"]])  # table order: s5, lru, rtf -> C0, C1, C2
     path = tmp_path / "curves.png"
     assert report.plot_curves(rows, str(path)) == str(path)
-    assert_png(path, 1440, 540)
+    assert_png(path, 1800, 540)
     # s5 logged one step (a marker on each plot); lru and the running rtf have lines. A legend entry alone is
     # ~44 pixels of its colour, the two markers ~40 more, lru's lines ~1,000, rtf's ~350.
     counts = {color: line_pixels(path, color) for color in ("C0", "C1", "C2", "C3")}
@@ -211,7 +211,7 @@ def test_plotting_leaves_the_pyplot_backend_alone(runs, tmp_path):
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
-    assert_png(tmp_path / "curves.png", 1440, 540)
+    assert_png(tmp_path / "curves.png", 1800, 540)
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path):
@@ -231,7 +231,7 @@ def test_command_line(runs, tmp_path):
     rows = table_rows(result.stdout)
     assert [r[1] for r in rows] == ["s5", "rtf"] and rows[1][5] == "running"
     assert out.read_text() == result.stdout
-    assert_png(plot, 1440, 540)
+    assert_png(plot, 1800, 540)
     failed = subprocess.run([sys.executable, "-m", "experiments.report", f"--root={tmp_path / 'nothing'}"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert failed.returncode != 0 and "is not a directory" in failed.stderr
