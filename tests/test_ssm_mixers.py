@@ -127,6 +127,24 @@ def test_parameters_are_real_and_carry_their_groups(config_name, bidirectional):
     assert any(name.endswith("_bwd") for name in labels) == bidirectional
 
 
+@pytest.mark.parametrize("config_name,system_keys", [("s4", ("A_bar", "B_bar", "C_bar")), ("rtf", ("c",))])
+def test_decoding_state_carries_the_system_built_once_by_init_state(x64, config_name, system_keys):
+    """S4 and RTF solve for their recurrent system (O(N^3 log L)) in init_state, not at every step: the step
+    reads it from the state, so a state whose output row is zeroed decodes y = D x, and the system is passed on
+    unchanged."""
+    mixer = _build(config_name)
+    _, variables = _init(mixer)
+    x_t = jax.random.normal(jax.random.key(2), (2, D_MODEL), jnp.float64)
+    state = mixer.apply(variables, 2, method="init_state")
+    new_state, _ = mixer.apply(variables, state, x_t, method="step")
+    for key in system_keys:
+        np.testing.assert_array_equal(np.asarray(new_state[key]), np.asarray(state[key]))
+    output_row = system_keys[-1]
+    silenced = {**state, output_row: jnp.zeros_like(state[output_row])}
+    _, y_t = mixer.apply(variables, silenced, x_t, method="step")
+    np.testing.assert_allclose(np.asarray(y_t), np.asarray(variables["params"]["D"] * x_t), rtol=1e-12)
+
+
 @pytest.mark.parametrize("config_name", ["s4", "s4d", "s5", "rtf"])
 def test_float32_forward_pass(config_name):
     mixer = _build(config_name, bidirectional=True)
