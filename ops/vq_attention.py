@@ -131,6 +131,13 @@ def _local_scores(q: Array, keys: Array, assignments: Array, codebook: Array, ha
     """
     if hard:
         return jnp.einsum("...chk,...mhk->...hcm", q, keys)
+    # Rematerialised in the backward pass: the (..., H, C, S) intermediates of the stabilised mixture would
+    # otherwise all be kept for it (they are cheap to recompute and are the largest temporaries of soft VQ).
+    return _soft_local_scores(q, assignments, codebook)
+
+
+@jax.checkpoint
+def _soft_local_scores(q: Array, assignments: Array, codebook: Array) -> Array:
     code_scores = jnp.einsum("...chk,hsk->...hcs", q, codebook)
     top = sg(jnp.max(assignments, axis=-3))[..., None, :]                      # (..., H, 1, S)
     used = top > 0
