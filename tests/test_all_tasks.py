@@ -118,13 +118,8 @@ TINY_MIXER_OPTIONS = {
 # ------------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-    """XLA's optimisation passes cost more than running these tiny programs; restored after the module."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# XLA's optimisation passes cost more than running these tiny programs (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 LISTOPS = dict(num_train=32, num_val=8, num_test=8, min_length=5, max_length=SEQ_LEN, max_depth=3, max_args=4,

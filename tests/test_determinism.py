@@ -23,12 +23,7 @@ STEPS = {"train.num_steps": 6, "train.eval_every": 3, "train.checkpoint_every": 
 TIMING_KEYS = ("steps_per_second", "wall_seconds")  # wall-clock measurements: the only things allowed to differ
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")  # tests/conftest.py
 
 
 def _run(root, name, seed):
