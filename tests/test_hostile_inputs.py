@@ -144,6 +144,18 @@ def mutated(draw, data: bytes, head: int = 256) -> bytes:
     return b""
 
 
+def check_mutated_file(data, path: str, load, check, *, head: int = 256, text_lines: bool = True) -> None:
+    """Overwrites `path` with a mutation of its bytes; then `load()` either succeeds, its result passing `check`,
+    or raises LRADataError naming the file (and, for text files, a line inside the mutated content)."""
+    content = data.draw(mutated(read_bytes(path), head=head))
+    write_bytes(path, content)
+    result, error = outcome(load)
+    if error is None:
+        check(result)
+    else:
+        check_names(error, path, content if text_lines else None)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     with open(path, "wb") as handle:
         handle.write(data)
@@ -185,14 +197,9 @@ def check_listops_splits(splits) -> None:
 def test_listops_mutated_files_fail_cleanly(data, split):
     with tempfile.TemporaryDirectory() as directory:
         write_listops(directory)
-        path = listops.split_path(directory, split)
-        content = data.draw(mutated(read_bytes(path)))
-        write_bytes(path, content)
-        splits, error = outcome(listops.load_listops, directory, seq_len=40, use_cache=False)
-        if error is None:
-            check_listops_splits(splits)
-        else:
-            check_names(error, path, content)
+        check_mutated_file(data, listops.split_path(directory, split),
+                           lambda: listops.load_listops(directory, seq_len=40, use_cache=False),
+                           check_listops_splits)
 
 
 LISTOPS_FAULTS = {
@@ -313,14 +320,9 @@ def check_retrieval_splits(splits) -> None:
 def test_aan_mutated_files_fail_cleanly(data, name):
     with tempfile.TemporaryDirectory() as directory:
         write_aan(directory)
-        path = os.path.join(directory, name)
-        content = data.draw(mutated(read_bytes(path)))
-        write_bytes(path, content)
-        splits, error = outcome(retrieval.load_retrieval, directory, seq_len=16, use_cache=False)
-        if error is None:
-            check_retrieval_splits(splits)
-        else:
-            check_names(error, path, content)
+        check_mutated_file(data, os.path.join(directory, name),
+                           lambda: retrieval.load_retrieval(directory, seq_len=16, use_cache=False),
+                           check_retrieval_splits)
 
 
 @hostile(30)
@@ -387,14 +389,8 @@ def check_text_splits(splits) -> None:
 def test_imdb_tsv_mutated_files_fail_cleanly(data, name):
     with tempfile.TemporaryDirectory() as directory:
         write_imdb_tsv_dir(directory)
-        path = os.path.join(directory, name)
-        content = data.draw(mutated(read_bytes(path)))
-        write_bytes(path, content)
-        splits, error = outcome(text.load_text, directory, seq_len=32, use_cache=False)
-        if error is None:
-            check_text_splits(splits)
-        else:
-            check_names(error, path, content)
+        check_mutated_file(data, os.path.join(directory, name),
+                           lambda: text.load_text(directory, seq_len=32, use_cache=False), check_text_splits)
 
 
 IMDB_FAULTS = {
@@ -659,13 +655,8 @@ def check_idx_splits(splits) -> None:
 def test_idx_mutated_files_fail_cleanly(data, key, gzipped):
     with tempfile.TemporaryDirectory() as directory:
         paths = write_idx_dir(directory, gzipped=gzipped)
-        content = data.draw(mutated(read_bytes(paths[key]), head=32))
-        write_bytes(paths[key], content)
-        splits, error = outcome(image.load_idx_images, directory, val_size=3)
-        if error is None:
-            check_idx_splits(splits)
-        else:
-            check_names(error, paths[key])
+        check_mutated_file(data, paths[key], lambda: image.load_idx_images(directory, val_size=3),
+                           check_idx_splits, head=32, text_lines=False)
 
 
 @hostile(40)
