@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
+    "tqdm==4.70.1",
 ]
 
 TEST_REQUIRES = [
@@ -26,6 +27,12 @@ TEST_REQUIRES = [
     "nbformat==5.11.1",
     "nbclient==0.11.0",
     "ipykernel==7.4.0",
+    "nbconvert==7.17.2",
+]
+
+# Remote workdirs (gs://...): orbax and etils.epath reach Google Cloud Storage through fsspec's gcsfs.
+GCS_REQUIRES = [
+    "gcsfs==2026.10.1",
 ]
 
 setup(
@@ -36,5 +43,5 @@ setup(
     packages=find_packages(
         include=["ops", "ops.*", "models", "models.*", "lra", "lra.*", "experiments", "experiments.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "gcs": GCS_REQUIRES},
 )
