@@ -1,6 +1,6 @@
 r"""Runs a multi-process ("multi-host") training on this machine: P local processes of experiments.train.
 
-    python -m experiments.launch_local --num_processes=2 -- --workdir=/tmp/run --config.train.num_steps=100
+    python -m experiments.launch_local --num_processes=2 -- --workdir=/tmp/run --config.train.num_steps=300
     python -m experiments.launch_local --num_processes=2 --devices_per_process=2 --logs=/tmp/run/logs \
         -- --workdir=/tmp/run                                     # 4 global CPU devices over 2 processes
 

@@ -4,12 +4,15 @@
     validate_config(config)              # raises ConfigError naming every bad key, e.g.
     # config.train.batch_size: expected a positive int, got -3
 
-What is checked (every message names the key as `config.<section>.<key>` and says what was expected):
+What is checked (every message names the key as `config.<section>.<key>` and says what was expected; an unknown
+key, option, task or mixer name and a value outside a closed set also get the closest valid names,
+` (did you mean "d_model"?)`, from `did_you_mean`, which experiments/train.py uses for flag typos too):
   * keys and types against the schema: experiments/configs/base.py plus the task-specific keys that the task
     files in experiments/configs/ add (data.listops, data.pathfinder, data.val_size, ...). Unknown keys, missing
     base keys and wrong types are errors; ints are accepted where floats are expected; a placeholder of the base
     schema (model.bidirectional) may be None;
   * ranges and enumerations: positive sizes, steps and learning rates, 0 <= dropout < 1, b1 / b2 in [0, 1),
+    a warmup shorter than the run (optim.warmup_steps < train.num_steps when both are > 0),
     norm / residual / pooling / input_encoding / dtype / nonfinite / data.source, the task name (lra task
     registry), the generator settings of ListOps and Pathfinder, a batch no larger than a generated train split;
   * the sequence length against the task: pixel tasks (TaskSpec.padded False) take only their own length (0 or
@@ -33,6 +36,7 @@ second imports the mixers (models/) for their option lists.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import importlib
 import math
@@ -63,6 +67,47 @@ RESERVED_OPTIONS = {"d_model": "model.d_model", "bidirectional": "model.bidirect
 
 
 # ------------------------------------------------------------------------------------------------------ errors
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """' (did you mean "d_model"?)' naming the candidates closest to `name`, or "" when none is close.
+
+    Names are compared with difflib, case-insensitively: those with a similarity ratio >= 0.6 and within 0.1 of
+    the best one are named (at most three, best first), so "batchsize" suggests "batch_size", not also
+    "eval_batch_size". Dotted keys are compared by their last component: first among the candidates with the same
+    parent ("model.d_modl" suggests "model.d_model", or "d_model" when the candidates are plain names), then among
+    all candidates (a key in the wrong section: "train.lr" suggests "optim.lr"), then as whole names. A name that
+    is itself a candidate gets "". Needs no JAX: experiments/train.py calls it for flag typos before JAX is
+    imported. models/registry.py repeats the rule for plain names (models/ does not import experiments/).
+    """
+    name = str(name)
+    pool = list(dict.fromkeys(str(c) for c in candidates))
+    if not name or name in pool:
+        return ""
+    parent, _, leaf = name.rpartition(".")
+    matches: list[str] = []
+    dotted = any("." in c for c in pool)  # plain candidates are all "same parent"
+    for group in ([c for c in pool if c.rpartition(".")[0] == parent] if dotted else pool, pool):
+        by_leaf: dict[str, list[str]] = {}
+        for candidate in group:
+            by_leaf.setdefault(candidate.rpartition(".")[2], []).append(candidate)
+        matches = [c for found in _close_names(leaf, list(by_leaf)) for c in by_leaf[found]][:3]
+        if matches:
+            break
+    matches = matches or _close_names(name, pool)
+    if not matches:
+        return ""
+    quoted = [f'"{m}"' for m in matches]
+    return f" (did you mean {', '.join(quoted[:-1]) + ' or ' if len(quoted) > 1 else ''}{quoted[-1]}?)"
+
+
+def _close_names(name: str, pool: list[str]) -> list[str]:
+    """Up to three names of `pool` similar to `name` (difflib ratio >= 0.6, case-insensitive) and within 0.1 of
+    the best, best first."""
+    scored = sorted(((difflib.SequenceMatcher(None, name.lower(), c.lower()).ratio(), c) for c in pool),
+                    key=lambda pair: -pair[0])
+    scored = [(ratio, c) for ratio, c in scored if ratio >= 0.6]
+    return [c for ratio, c in scored if ratio >= scored[0][0] - 0.1][:3]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +233,23 @@ def _copy(schema: Schema) -> Schema:
     return {k: _copy(v) if isinstance(v, dict) else v for k, v in schema.items()}
 
 
+def _schema_paths(schema: Schema, prefix: str = "") -> list[str]:
+    """Every dotted key of `schema`, sections included ("model", "model.d_model", ...)."""
+    paths = []
+    for key, value in schema.items():
+        paths.append(prefix + key)
+        if isinstance(value, dict):
+            paths.extend(_schema_paths(value, f"{prefix}{key}."))
+    return paths
+
+
+def _suggest_value(value: Any, choices: Iterable[Any]) -> str:
+    """did_you_mean for a string value outside a closed set of strings ("" for other values)."""
+    if not isinstance(value, str):
+        return ""
+    return did_you_mean(value, [c for c in choices if isinstance(c, str)])
+
+
 # ------------------------------------------------------------------------------------------------------ checker
 
 
@@ -269,7 +331,8 @@ class _Checker:
             choices = tuple(choices)
             value = self.get(key)
             if value not in choices:
-                self.fail(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+                self.fail(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}"
+                               f"{_suggest_value(value, choices)}")
 
     # --------------------------------------------------------------------------------------------- schema
 
@@ -282,7 +345,8 @@ class _Checker:
                 continue
             value = node[key]
             if key not in schema:
-                self.fail(path, f"unknown key; {'config.' + prefix[:-1] if prefix else 'config'} has "
+                hint = did_you_mean(key, schema) or did_you_mean(path, _schema_paths(full_schema()))
+                self.fail(path, f"unknown key{hint}; {'config.' + prefix[:-1] if prefix else 'config'} has "
                                 f"{', '.join(sorted(schema))}", unknown_name=True)
             elif isinstance(schema[key], dict):
                 if not _is_section(value):
@@ -345,8 +409,8 @@ def _check_general(c: _Checker) -> lra.TaskSpec | None:
     if c.usable("task"):
         task = c.get("task")
         if task not in lra.task_names():
-            c.fail("task", f"unknown task {task!r}; registered tasks: {', '.join(lra.task_names())}",
-                   unknown_name=True)
+            c.fail("task", f"unknown task {task!r}{_suggest_value(task, lra.task_names())}; registered tasks: "
+                           f"{', '.join(lra.task_names())}", unknown_name=True)
         else:
             spec = lra.get_task(task)
     c.nonnegative_int("seed")
@@ -357,7 +421,7 @@ def _check_general(c: _Checker) -> lra.TaskSpec | None:
         allowed = DATA_SOURCES if spec.name in GENERATED_TASKS else ("files",)
         if c.get("data.source") not in allowed:
             c.fail("data.source", f"task {spec.name!r} accepts {', '.join(map(repr, allowed))}, "
-                                  f"got {c.get('data.source')!r}")
+                                  f"got {c.get('data.source')!r}{_suggest_value(c.get('data.source'), allowed)}")
     c.nonnegative_int("data.seq_len", " (0 = the task's length)")
     if spec is not None and c.usable("data.seq_len"):
         _check_length(c, spec)
@@ -394,7 +458,19 @@ def _check_general(c: _Checker) -> lra.TaskSpec | None:
         c.positive_int(f"train.{key}")
     c.nonnegative_int("train.num_steps")
     c.choice("train.nonfinite", NONFINITE_POLICIES)
+    _check_warmup(c)
     return spec
+
+
+def _check_warmup(c: _Checker) -> None:
+    """A warmup as long as the run leaves no decay: the rate would peak on the last step (or never arrive)."""
+    if not (c.usable("optim.warmup_steps") and c.usable("train.num_steps")):
+        return
+    warmup, steps = c.get("optim.warmup_steps"), c.get("train.num_steps")
+    if steps > 0 and warmup > 0 and warmup >= steps:
+        c.fail("optim.warmup_steps", f"{warmup} is not below config.train.num_steps = {steps}: the run would end "
+                                     f"during its learning-rate warmup; lower warmup_steps (e.g. to {steps // 10}) "
+                                     "or raise num_steps")
 
 
 def _check_length(c: _Checker, spec: lra.TaskSpec) -> None:
@@ -509,6 +585,7 @@ def _option_choices(mixer: str, cls: type) -> dict[str, tuple[Any, ...]]:
         "normalizer": tuple(sorted(normalizers.NORMALIZERS)),
         "quantizer": tuple(vq_models.QUANTIZERS),
         "formulation": tuple(vq_attention.FORMULATIONS),
+        "codebook_init": tuple(vq_models.CODEBOOK_INITS),
     }
     for option, attribute in (("position", "supported_positions"), ("rope_scaling", "supported_rope_scalings")):
         if hasattr(cls, attribute):
@@ -542,8 +619,9 @@ def _check_model(c: _Checker, spec: lra.TaskSpec | None) -> None:
         if not _is_section(c.config.model[key]):
             continue
         if key not in mixer_names():
-            c.fail(f"model.{key}", f"unknown key: not a registered mixer ({', '.join(mixer_names())}) nor a key "
-                                   f"of config.model", unknown_name=True)
+            hint = did_you_mean(key, mixer_names() + sorted(base_schema()["model"]))
+            c.fail(f"model.{key}", f"unknown key{hint}: not a registered mixer ({', '.join(mixer_names())}) nor "
+                                   f"a key of config.model", unknown_name=True)
             continue
         _check_option_names(c, key, mixer_options(key), _option_types(mixer_class(key)))
 
@@ -551,8 +629,8 @@ def _check_model(c: _Checker, spec: lra.TaskSpec | None) -> None:
         return
     mixer = c.get("model.mixer")
     if mixer not in mixer_names():
-        c.fail("model.mixer", f"unknown mixer {mixer!r}; registered mixers are: {', '.join(mixer_names())}",
-               unknown_name=True)
+        c.fail("model.mixer", f"unknown mixer {mixer!r}{_suggest_value(mixer, mixer_names())}; registered mixers "
+                              f"are: {', '.join(mixer_names())}", unknown_name=True)
         return
     cls = mixer_class(mixer)
     if c.get("model.bidirectional") is False and not getattr(cls, "has_causal_form", True):
@@ -572,8 +650,8 @@ def _check_option_names(c: _Checker, mixer: str, known: dict[str, Any], kinds: d
         if key in RESERVED_OPTIONS:
             c.fail(path, f"set by config.{RESERVED_OPTIONS[key]}; remove it from config.model.{mixer}")
         elif key not in known:
-            c.fail(path, f"mixer {mixer!r} has no option {key!r}; its options are: {', '.join(options)}",
-                   unknown_name=True)
+            c.fail(path, f"mixer {mixer!r} has no option {key!r}{did_you_mean(key, options)}; its options are: "
+                         f"{', '.join(options)}", unknown_name=True)
         elif kinds.get(key) is not None and not kinds[key].accepts(value):
             c.fail(path, f"expected {kinds[key].describe()}, got {value!r} ({type(value).__name__})")
 

@@ -14,7 +14,8 @@ mixer's fields and names any that it does not know.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -59,6 +60,45 @@ class UnknownMixerError(KeyError):
         return str(self.args[0])
 
 
+class _Required:
+    """The default of an option that has none (the caller must pass it, e.g. d_model); repr `<required>`."""
+
+    _instance: _Required | None = None
+
+    def __new__(cls) -> _Required:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+    def __reduce__(self) -> str:  # pickles (and deep-copies) as the module-level singleton
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """' (did you mean "x"?)' naming the candidates closest to `name`, or "": difflib ratio >= 0.6 and within
+    0.1 of the best (at most three, best first), case-insensitive.
+
+    The same rule as experiments.validation.did_you_mean (which also matches dotted keys by their last
+    component), repeated so that models/ never imports experiments/ (and validation's first stage no JAX).
+    """
+    candidates = [str(c) for c in candidates]
+    if name in candidates:
+        return ""
+    scored = sorted(((difflib.SequenceMatcher(None, str(name).lower(), c.lower()).ratio(), c) for c in candidates),
+                    key=lambda pair: -pair[0])
+    matches = [c for ratio, c in scored if ratio >= max(0.6, scored[0][0] - 0.1)][:3] if scored else []
+    if not matches:
+        return ""
+    quoted = [f'"{m}"' for m in matches]
+    return f" (did you mean {', '.join(quoted[:-1]) + ' or ' if len(quoted) > 1 else ''}{quoted[-1]}?)"
+
+
 def register_mixer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator registering a mixer under `name`."""
 
@@ -79,22 +119,24 @@ def mixer_names() -> list[str]:
 def mixer_class(name: str) -> type[nn.Module]:
     if name not in _MIXERS:
         raise UnknownMixerError(
-            f"unknown mixer {name!r}; registered mixers are: {', '.join(mixer_names())}"
+            f"unknown mixer {name!r}{did_you_mean(name, _MIXERS)}; registered mixers are: {', '.join(mixer_names())}"
         )
     return _MIXERS[name]
 
 
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return REQUIRED
+
+
 def mixer_options(name: str) -> dict[str, Any]:
-    """The options a mixer accepts, with their defaults (dataclasses.MISSING when required)."""
+    """The options a mixer accepts, with their defaults (`REQUIRED`, shown as <required>, when it has none)."""
     cls = mixer_class(name)
     skip = {"parent", "name"}
-    return {
-        f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory)  # type: ignore[misc]
-        if f.default_factory is dataclasses.MISSING  # type: ignore[misc]
-        else f.default_factory()  # type: ignore[misc]
-        for f in dataclasses.fields(cls)
-        if f.name not in skip
-    }
+    return {f.name: _default(f) for f in dataclasses.fields(cls) if f.name not in skip}
 
 
 def make_mixer(name: str, **options: Any) -> nn.Module:
@@ -103,8 +145,6 @@ def make_mixer(name: str, **options: Any) -> nn.Module:
     known = mixer_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise UnknownMixerError(
-            f"mixer {name!r} has no option(s) {', '.join(map(repr, unknown))}; "
-            f"its options are: {', '.join(sorted(known))}"
-        )
+        named = ", ".join(f"{option!r}{did_you_mean(option, known)}" for option in unknown)
+        raise UnknownMixerError(f"mixer {name!r} has no option(s) {named}; its options are: {', '.join(sorted(known))}")
     return cls(**options)

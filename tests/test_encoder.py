@@ -76,10 +76,27 @@ def test_dual_classifier_shares_one_encoder_and_sees_both_documents():
 def test_registry_names_unknown_mixers_and_options():
     assert {"lru", "s4", "s4d", "s5", "rtf", "softmax", "blockwise", "linear", "performer", "nystrom"} <= set(
         models.mixer_names())
-    with pytest.raises(models.UnknownMixerError, match="unknown mixer 'lruu'; registered mixers are: .*lru"):
+    with pytest.raises(models.UnknownMixerError, match="unknown mixer 'lruu'.*; registered mixers are: .*lru"):
         models.make_mixer("lruu", d_model=4)
     with pytest.raises(models.UnknownMixerError, match="mixer 'lru' has no option\\(s\\) 'd_stat'.*d_state"):
         models.make_mixer("lru", d_model=4, d_stat=3)
+    with pytest.raises(models.UnknownMixerError, match="unknown mixer 'nonesuch'; registered mixers are: .*lru"):
+        models.mixer_class("nonesuch")  # nothing close: no suggestion
+
+
+def test_registry_errors_suggest_the_closest_name_on_one_line():
+    with pytest.raises(models.UnknownMixerError) as info:
+        models.make_mixer("lruu", d_model=4)
+    assert str(info.value).startswith('unknown mixer \'lruu\' (did you mean "lru"?); registered mixers are: ')
+    with pytest.raises(models.UnknownMixerError) as info:
+        models.mixer_options("Softmax")
+    assert 'unknown mixer \'Softmax\' (did you mean "softmax"?)' in str(info.value)
+    with pytest.raises(models.UnknownMixerError) as info:
+        models.make_mixer("lru", d_model=4, d_stat=3, r_mn=0.1, nonesuch=1)
+    message = str(info.value)
+    assert message.startswith("mixer 'lru' has no option(s) 'd_stat' (did you mean \"d_state\"?), 'nonesuch', "
+                              "'r_mn' (did you mean \"r_min\"?); its options are: "), message
+    assert "\n" not in message
 
 
 def test_group_labels_read_the_boxes_and_default_by_rank():

@@ -227,7 +227,8 @@ def test_four_devices_give_the_same_loss_as_one(tmp_path):
     for devices in (1, 4):
         env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
         proc = run_train(tmp_path / f"devices{devices}", cache, env=env,
-                         **{"train.num_steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2})
+                         **{"train.num_steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
+                            "optim.warmup_steps": 1})
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
         assert json.loads(open(tmp_path / f"devices{devices}" / "results.json").read())["num_devices"] == devices

@@ -196,8 +196,9 @@ def test_unknown_names_are_also_key_errors():
         (dict(task="nonesuch"), "task", "unknown task 'nonesuch'; registered tasks: .*listops"),
         (dict(model__mixer="nonesuch"), "model.mixer", "unknown mixer 'nonesuch'; registered mixers are: .*lru"),
         (dict(model__lru__nonesuch=1), "model.lru.nonesuch", "mixer 'lru' has no option 'nonesuch'; its options"),
-        (dict(train__batchsize=8), "train.batchsize", "unknown key; config.train has batch_size"),
-        (dict(trian=dict(steps=1)), "trian", "unknown key; config has data, model"),
+        (dict(train__batchsize=8), "train.batchsize",
+         r'unknown key \(did you mean "batch_size"\?\); config.train has batch_size'),
+        (dict(trian=dict(steps=1)), "trian", r'unknown key \(did you mean "train"\?\); config has data, model'),
         (dict(model__mamba=dict(d_state=4)), "model.mamba", "not a registered mixer"),
     ]
     for values, key, message in cases:
@@ -280,3 +281,136 @@ def test_a_bad_flag_fails_fast_on_the_command_line(tmp_path):
     assert "config.train.batch_size: expected a positive int, got -1" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # nothing was built
     assert elapsed < 20, elapsed  # about a second on an idle machine: no JAX import, no compilation
+
+
+# ------------------------------------------------------------------------------------------- did you mean ...?
+
+
+def test_did_you_mean_names_the_closest_candidates():
+    did_you_mean = validation.did_you_mean
+    assert did_you_mean("d_modl", ["d_model", "n_layers"]) == ' (did you mean "d_model"?)'
+    assert did_you_mean("batchsize", ["batch_size", "eval_batch_size"]) == ' (did you mean "batch_size"?)'
+    assert did_you_mean("LRU", ["lru", "s4"]) == ' (did you mean "lru"?)'  # case-insensitive
+    assert did_you_mean("s4x", iter(["s4", "s4d", "s5"])) == ' (did you mean "s4"?)'  # any iterable
+    assert did_you_mean("ab", ["abc", "abd"]) == ' (did you mean "abc" or "abd"?)'
+    assert did_you_mean("nonesuch", ["lru", "s4"]) == ""
+    assert did_you_mean("lru", ["lru", "s4"]) == ""  # not a typo
+    assert did_you_mean("x", []) == ""
+    # dotted keys: as a whole, else by the last component (same parent first)
+    keys = ["model.d_model", "model.n_layers", "train.batch_size", "optim.lr", "optim.ssm_lr"]
+    assert did_you_mean("model.d_modl", keys) == ' (did you mean "model.d_model"?)'
+    assert did_you_mean("model.d_modl", ["d_model", "n_layers"]) == ' (did you mean "d_model"?)'
+    assert did_you_mean("train.lr", keys) == ' (did you mean "optim.lr"?)'
+    assert did_you_mean("modle.d_model", keys) == ' (did you mean "model.d_model"?)'
+    assert did_you_mean("modle.d_modl", keys + ["model", "train"]) == ' (did you mean "model.d_model"?)'
+    assert did_you_mean("trian", keys + ["model", "train"]) == ' (did you mean "train"?)'
+
+
+def test_the_registry_suggests_as_validation_does():
+    for name, candidates in [("d_stat", ["d_state", "r_min"]), ("LRU", registry.mixer_names()),
+                             ("softmx", registry.mixer_names()), ("ab", ["abc", "abd"]), ("zzz", ["lru"]),
+                             ("lru", ["lru"])]:
+        assert registry.did_you_mean(name, candidates) == validation.did_you_mean(name, candidates)
+
+
+TYPOS = [
+    # (dotted key, typo'd value or DELETE-less new key, key named, suggestion); each is ONE line
+    ("train__batchsize", 8, "train.batchsize", "batch_size"),
+    ("model__d_modl", 64, "model.d_modl", "d_model"),
+    ("train__lr", 0.1, "train.lr", "optim.lr"),  # a key in the wrong section
+    ("model__lru__d_stat", 8, "model.lru.d_stat", "d_state"),
+    ("model__s5x", dict(state_size=4), "model.s5x", "s5"),  # a mixer section
+    ("model__mixer", "lruu", "model.mixer", "lru"),
+    ("model__mixer", "Softmax", "model.mixer", "softmax"),
+    ("task", "listop", "task", "listops"),
+    ("model__norm", "btach", "model.norm", "batch"),
+    ("model__residual", "pre_norm", "model.residual", "prenorm"),
+    ("model__pooling", "maen", "model.pooling", "mean"),
+    ("model__input_encoding", "embedding", "model.input_encoding", "embed"),
+    ("model__dtype", "bfloat", "model.dtype", "bfloat16"),
+    ("train__nonfinite", "skp", "train.nonfinite", "skip"),
+    ("data__source", "generate", "data.source", "generated"),
+    ("model__lru__scan_method", "sequental", "model.lru.scan_method", "sequential"),
+]
+MIXER_TYPOS = [
+    # (variant, option, typo'd value, suggestion)
+    ("softmax-cpu", "position", "rop", "rope"),
+    ("performer-cpu", "kernel", "relu_", "relu"),
+    ("s5-cpu", "discretization", "zho", "zoh"),
+    ("s4d-cpu", "lambda_init", "Lin", "lin"),
+    ("linear-cpu", "feature_map", "elu_", "elu"),
+    ("vq-cpu", "codebook_init", "kmean", "kmeans"),
+    ("vq-cpu", "quantizer", "emma", "ema"),
+    ("rtf-cpu", "coefficient_init", "zero", "zeros"),
+]
+
+
+def _one_line_suggestion(config, key, suggestion):
+    error = problem(config)
+    assert error.keys == [key], str(error)
+    assert "\n" not in str(error), str(error)
+    assert f'(did you mean "{suggestion}"' in str(error), str(error)  # first ("bfloat16" or "float32")
+    return error
+
+
+@pytest.mark.parametrize("key,value,named,suggestion", TYPOS, ids=[f"{k}={v!r}" for k, v, _, _ in TYPOS])
+def test_a_typo_gets_a_suggestion_on_one_line(key, value, named, suggestion):
+    _one_line_suggestion(with_values(listops_config.get_config(), **{key: value}), named, suggestion)
+
+
+@pytest.mark.parametrize("variant,option,value,suggestion", MIXER_TYPOS, ids=[f"{v}-{o}" for v, o, _, _ in MIXER_TYPOS])
+def test_a_typo_in_a_mixer_enumeration_gets_a_suggestion(variant, option, value, suggestion):
+    mixer = variant[: -len("-cpu")]
+    config = with_values(listops_config.get_config(variant), **{f"model__{mixer}__{option}": value})
+    _one_line_suggestion(config, f"model.{mixer}.{option}", suggestion)
+
+
+def test_pathfinder_difficulty_and_a_tasks_source_get_suggestions():
+    pathfinder = pathfinder_config.get_config()
+    pathfinder.data.pathfinder.difficulty = "hrad"
+    _one_line_suggestion(pathfinder, "data.pathfinder.difficulty", "hard")
+    text = text_config.get_config()
+    text.data.source = "file"
+    _one_line_suggestion(text, "data.source", "files")
+
+
+def test_unknown_names_still_list_every_choice_after_the_suggestion():
+    error = problem(with_values(listops_config.get_config(), model__mixer="lruu"))
+    assert str(error).startswith('config.model.mixer: unknown mixer \'lruu\' (did you mean "lru"?); registered mixers '
+                                 'are: blockwise, ')
+    assert isinstance(error, KeyError)
+
+
+# ------------------------------------------------------------------------------------------------------ warmup
+
+
+@pytest.mark.parametrize("warmup,steps", [(100, 50), (100, 100), (1, 1)])
+def test_a_warmup_as_long_as_the_run_is_refused(warmup, steps):
+    config = with_values(listops_config.get_config(), optim__warmup_steps=warmup, train__num_steps=steps)
+    error = problem(config)
+    assert error.keys == ["optim.warmup_steps"]
+    assert str(error) == (f"config.optim.warmup_steps: {warmup} is not below config.train.num_steps = {steps}: the "
+                          f"run would end during its learning-rate warmup; lower warmup_steps (e.g. to {steps // 10}) "
+                          "or raise num_steps")
+
+
+@pytest.mark.parametrize("warmup,steps", [(99, 100), (0, 50), (0, 0), (100, 0)])
+def test_a_warmup_shorter_than_the_run_or_zero_is_accepted(warmup, steps):
+    validate_config(with_values(listops_config.get_config(), optim__warmup_steps=warmup, train__num_steps=steps))
+
+
+# --------------------------------------------------------------------------------------------- mixer_options
+
+
+def test_mixer_options_shows_required_options_readably():
+    for name in registry.mixer_names():
+        options = registry.mixer_options(name)
+        assert options["d_model"] is registry.REQUIRED, name
+        assert "MISSING" not in repr(options) and "object at 0x" not in repr(options), (name, options)
+    assert repr(registry.REQUIRED) == "<required>"
+    import copy
+    import pickle
+
+    assert copy.deepcopy(registry.REQUIRED) is registry.REQUIRED
+    assert pickle.loads(pickle.dumps(registry.REQUIRED)) is registry.REQUIRED
+    assert registry.mixer_options("lru")["r_max"] == 0.99  # defaults unchanged

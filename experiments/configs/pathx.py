@@ -23,6 +23,7 @@ def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
         common.apply_cpu_budget(c, mixer)
         c.model.bidirectional = True
         c.train.batch_size, c.train.eval_batch_size, c.train.num_steps = 8, 16, 100
+        c.optim.warmup_steps = 10  # below num_steps (the cpu budget's 100 would last the whole run)
     else:
         common.apply_anchor(c, "pathx", mixer)
     return c

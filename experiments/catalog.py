@@ -1,0 +1,190 @@
+"""A plain-text catalog of what can be trained: the tasks, the mixers and the config variants.
+
+    from experiments.catalog import listing
+    print(listing())          # what `python -m experiments.train --list` shows
+
+Everything is read from the registries (lra/tasks.py, models/registry.py) and the config files
+(experiments/configs/), so a new task, mixer or config file appears here without changes to this module.
+Importing it is light; `listing()` imports the mixers (JAX) for their options, without building or tracing any.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import textwrap
+from typing import Any
+
+import numpy as np
+
+import lra
+from experiments import validation
+
+WIDTH = 100  # characters per line
+INDENT = "    "
+LENGTH_NOTE = "0 = the task's length"
+
+
+def listing() -> str:
+    """The catalog as plain text: about 130 lines of at most WIDTH characters, no trailing newline."""
+    return "\n".join(_task_lines() + [""] + _mixer_lines() + [""] + _config_lines())
+
+
+def variants() -> list[str]:
+    """Every variant a task config file accepts: "cpu", "<mixer>-cpu" and "<mixer>" for each registered mixer
+    (experiments/configs/common.py parse_variant)."""
+    from models.registry import mixer_names
+
+    return ["cpu"] + [f"{m}-cpu" for m in mixer_names()] + mixer_names()
+
+
+def config_files() -> list[str]:
+    """Task names that have a config file, e.g. "listops" for experiments/configs/listops.py."""
+    return [module.rsplit(".", 1)[1] for module in validation.task_config_modules()]
+
+
+def format_value(value: Any) -> str:
+    """A default as a person reads it: 0.001 (not float noise), 'rope', float32 (not a class repr), <required>."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        text = repr(value)
+        return text if len(text) <= 10 else f"{value:.6g}"  # 0.30000000000000004 -> 0.3
+    if isinstance(value, int | str):
+        return repr(value)
+    if isinstance(value, np.dtype):
+        return value.name
+    name = getattr(value, "__name__", None)  # a dtype given as a class (jnp.float32) or a function
+    if isinstance(name, str):
+        return name
+    text = repr(value)
+    if " object at 0x" in text:  # a sentinel or object without a readable repr: name its type
+        return f"<{type(value).__name__}>"
+    return text
+
+
+# ------------------------------------------------------------------------------------------------------- tasks
+
+
+def _input_kind(spec: lra.TaskSpec) -> str:
+    kind = f"pixels 0..{spec.vocab_size - 1}" if not spec.padded else f"tokens, vocab {spec.vocab_size}"
+    return kind + (", dual input" if spec.dual_input else "")
+
+
+def _data_source(name: str) -> list[str]:
+    """The data column, and for file tasks the download command on a line of its own."""
+    if name in validation.GENERATED_TASKS:
+        return ["generated, or data.source=files"]
+    return ["official files", f"download: python -m lra.download {name} --data_dir=DIR"]
+
+
+def _task_lines() -> list[str]:
+    names = lra.task_names()
+    width = max(len(n) for n in names) + 2
+    lines = ["TASKS (--config.task=NAME; lra/tasks.py)",
+             f"  {'name':<{width}}{'length':>6}  {'classes':>7}  {'input':<30}data"]
+    for name in names:
+        spec = lra.get_task(name)
+        data, *more = _data_source(name)
+        lines.append(f"  {name:<{width}}{spec.seq_len:>6}  {spec.num_classes:>7}  {_input_kind(spec):<30}{data}")
+        lines += [f"{INDENT}  {line}" for line in more]
+    lines += _wrap("Files are read from --config.data.data_dir=DIR (layouts: WORKSPACE.md, Data). Generated data "
+                   "are cached under --config.data.cache_dir (default ~/.cache/lra-mixers). Pixel tasks are "
+                   "never padded.", "  ")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------------ mixers
+
+
+def mixer_defaults(name: str) -> dict[str, Any]:
+    """The options of mixer `name` a config sets, with the defaults a run starts from: the section
+    config.model.<name> of experiments/configs/base.py, else the mixer's own default. The options set from
+    config.model (d_model, bidirectional, dtype) are left out."""
+    from experiments.configs.base import base_config
+    from models.registry import mixer_options
+
+    section = base_config().model.get(name)
+    given = section.to_dict() if section is not None else {}
+    return {option: given.get(option, default) for option, default in mixer_options(name).items()
+            if option not in validation.RESERVED_OPTIONS}
+
+
+def mixer_traits(name: str) -> dict[str, bool]:
+    """causal / bidirectional: the mixer has that form; step: it decodes step by step (causal form, `step`
+    implemented); kv_cache: its step attends over a key-value cache rather than carrying a constant-size state."""
+    from models.registry import SequenceMixer, mixer_class, mixer_options
+
+    cls = mixer_class(name)
+    causal = bool(getattr(cls, "has_causal_form", True))
+    step = causal and getattr(cls, "step", None) is not SequenceMixer.step
+    return {"causal": causal, "bidirectional": bool(getattr(cls, "has_bidirectional_form", True)), "step": step,
+            "kv_cache": step and "max_decode_len" in mixer_options(name)}
+
+
+def _mixer_header(name: str) -> str:
+    from models.registry import mixer_class
+
+    traits = mixer_traits(name)
+    if traits["causal"] and traits["bidirectional"]:
+        direction = "causal or bidirectional"
+    else:
+        direction = "causal only" if traits["causal"] else "bidirectional only (no causal form)"
+    if not traits["step"]:
+        step = "no decoding step"
+    else:
+        step = "decoding step over a key-value cache" if traits["kv_cache"] else "recurrent step (fixed-size state)"
+    module = mixer_class(name).__module__.replace(".", "/") + ".py"
+    return f"  {name}: {direction}; {step} ({module})"
+
+
+def _mixer_lines() -> list[str]:
+    from models.registry import mixer_names
+
+    lines = ["MIXERS (--config.model.mixer=NAME; options: --config.model.NAME.OPTION=VALUE)"]
+    lines += _wrap("Defaults as experiments/configs/base.py sets them (else the mixer's own); variants change "
+                   "some. d_model, bidirectional and dtype are config.model's; model.bidirectional unset = causal "
+                   f"where the mixer has a causal form. Length options (l_max, trunc_len, max_decode_len): "
+                   f"{LENGTH_NOTE}.", "  ")
+    for name in mixer_names():
+        lines.append(_mixer_header(name))
+        options = [f"{option}={format_value(value)}" for option, value in mixer_defaults(name).items()]
+        lines += _wrap("  ".join(options), INDENT)
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------------- configs
+
+
+def _cpu_summary(task: str) -> str:
+    config = importlib.import_module(f"experiments.configs.{task}").get_config("cpu")
+    length = config.data.seq_len or lra.get_task(config.task).seq_len
+    return (f"{config.model.mixer}, width {config.model.d_model} x {config.model.n_layers} layers, "
+            f"{config.train.num_steps} steps of batch {config.train.batch_size}, length {length}, "
+            f"{'generated data' if config.data.source == 'generated' else 'official files'}")
+
+
+def _config_lines() -> list[str]:
+    lines = ["CONFIGS (experiments/configs/TASK.py; python -m experiments.train --config=TASK:VARIANT ...)"]
+    lines += _wrap("cpu (the default): a small budget for 2 CPU cores; MIXER-cpu: the same budget with another "
+                   "mixer; MIXER: the published settings for accelerators (experiments/configs/common.py). Any "
+                   "key can still be overridden: --config.train.num_steps=500.", "  ")
+    cpu_variants = [v for v in variants() if v.endswith("-cpu")]
+    accelerator_variants = [v for v in variants() if v != "cpu" and not v.endswith("-cpu")]
+    for task in config_files():
+        lines.append(f"  {task}: cpu = {_cpu_summary(task)}")
+        lines.append(f"{INDENT}--config={task}  --config={task}:cpu")
+        for group in (cpu_variants, accelerator_variants):
+            lines += _wrap("  ".join(f"--config={task}:{v}" for v in group), INDENT)
+    extra = [name for name in lra.task_names() if name not in config_files()]
+    if extra:
+        lines += _wrap(f"{', '.join(extra)}: any variant of image with --config.task=NAME, e.g. "
+                       f"--config=image:cpu --config.task={extra[0]}", "  ")
+    return lines
+
+
+def _wrap(text: str, indent: str) -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False)

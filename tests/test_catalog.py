@@ -1,0 +1,113 @@
+"""experiments/catalog.py: the `--list` catalog names every task, mixer and config variant, readably."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+
+import jax.numpy as jnp
+import pytest
+
+import lra
+from experiments import catalog, validation
+from models import registry
+
+CONFIG_FLAG = re.compile(r"--config=([a-z_0-9]+)(?::([A-Za-z0-9_-]+))?(?=\s|$)")
+
+
+@pytest.fixture(scope="module")
+def text():
+    return catalog.listing()
+
+
+def test_the_listing_is_short_plain_text(text):
+    lines = text.splitlines()
+    assert 40 < len(lines) < 150
+    assert max(map(len, lines)) <= catalog.WIDTH
+    assert text.isascii() and not text.endswith("\n")
+    for noise in ("MISSING", "object at 0x", "<class", "_TYPE", "000000000"):
+        assert noise not in text, noise
+
+
+def test_every_task_appears_with_length_classes_input_and_data(text):
+    for name in lra.task_names():
+        spec = lra.get_task(name)
+        row = re.search(rf"^  {name} +(\d+) +(\d+)  (.+)$", text, re.MULTILINE)
+        assert row, name
+        assert (int(row[1]), int(row[2])) == (spec.seq_len, spec.num_classes)
+        assert ("pixels" if not spec.padded else "tokens") in row[3]
+        assert ("dual input" in row[3]) == spec.dual_input
+        download = f"python -m lra.download {name} --data_dir=DIR"
+        if name in validation.GENERATED_TASKS:
+            assert "generated" in row[3] and download not in text
+        else:
+            assert "files" in row[3] and download in text
+
+
+def test_every_mixer_appears_with_its_options_and_traits(text):
+    for name in registry.mixer_names():
+        block = re.search(rf"^  {name}: (.+)\n((?:    .+\n?)+)", text, re.MULTILINE)
+        assert block, name
+        header, options = block[1], " ".join(block[2].split())
+        for option in registry.mixer_options(name):
+            if option in validation.RESERVED_OPTIONS:
+                assert not re.search(rf"(^| ){option}=", options), (name, option)
+            else:
+                assert re.search(rf"(^| ){option}=\S", options), (name, option)
+        traits = catalog.mixer_traits(name)
+        cls = registry.mixer_class(name)
+        assert traits["causal"] == cls.has_causal_form
+        assert ("bidirectional only" in header) == (not traits["causal"])
+        assert ("recurrent step" in header) == (traits["step"] and not traits["kv_cache"])
+    assert "nystrom: bidirectional only (no causal form); no decoding step" in text
+    assert re.search(r"^  softmax: causal or bidirectional; decoding step over a key-value cache", text, re.MULTILINE)
+    assert re.search(r"^  lru: causal or bidirectional; recurrent step", text, re.MULTILINE)
+    # the config's defaults, readable
+    assert "dt_min=0.001" in text and "max_phase=6.28319" in text and "param_dtype=float32" in text
+    assert "position='rope'" in text and "blocks=4" in text
+
+
+def test_format_value_is_readable():
+    assert catalog.format_value(1e-3) == "0.001"
+    assert catalog.format_value(0.1 * 3) == "0.3"  # not 0.30000000000000004
+    assert catalog.format_value(2 * math.pi) == "6.28319"
+    assert catalog.format_value(1e-30) == "1e-30"
+    assert catalog.format_value(10000.0) == "10000.0"
+    assert catalog.format_value(registry.REQUIRED) == "<required>"
+    assert catalog.format_value(jnp.float32) == "float32"
+    assert catalog.format_value(jnp.dtype("bfloat16")) == "bfloat16"
+    assert catalog.format_value("zoh") == "'zoh'" and catalog.format_value(None) == "None"
+    assert catalog.format_value(True) == "True" and catalog.format_value(64) == "64"
+    assert catalog.format_value(object()) == "<object>"
+
+
+def test_every_config_variant_appears_in_the_form_users_type(text):
+    listed = {(task, variant) for task, variant in CONFIG_FLAG.findall(text)}
+    expected = {(task, "") for task in catalog.config_files()}
+    expected |= {(task, variant) for task in catalog.config_files() for variant in catalog.variants()}
+    assert listed == expected
+    assert set(catalog.config_files()) == {m.rsplit(".", 1)[1] for m in validation.task_config_modules()}
+    assert catalog.variants() == (["cpu"] + [f"{m}-cpu" for m in registry.mixer_names()] + registry.mixer_names())
+    assert "--config=listops:s5-cpu" in text and re.search(r"--config=listops(\s|$)", text)
+
+
+def test_every_listed_variant_loads_and_validates(text):
+    flags = sorted(set(CONFIG_FLAG.findall(text)))
+    assert len(flags) == len(catalog.config_files()) * (1 + len(catalog.variants()))
+    for task, variant in flags:
+        get_config = importlib.import_module(f"experiments.configs.{task}").get_config
+        config = get_config(variant) if variant else get_config()
+        assert config.task == task
+        validation.validate_config(config)
+
+
+def test_tasks_without_a_config_file_are_reachable(text):
+    extra = [name for name in lra.task_names() if name not in catalog.config_files()]
+    assert extra  # mnist, pmnist, fashion_mnist
+    assert f"--config=image:cpu --config.task={extra[0]}" in text.replace("\n  ", " ")
+    for name in extra:
+        assert name in text.split("CONFIGS", 1)[1]
+        config = importlib.import_module("experiments.configs.image").get_config("cpu")
+        config.task = name
+        validation.validate_config(config)
