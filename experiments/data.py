@@ -21,6 +21,7 @@ import ml_collections
 
 import lra
 from lra import image, listops, pathfinder, retrieval, text
+from lra.download import download_hint
 
 GENERATED_TASKS = ("listops", "pathfinder", "pathx")
 PATHFINDER_RESOLUTION = {"pathfinder": 32, "pathx": 128}
@@ -43,9 +44,10 @@ def task_spec(config: ml_collections.ConfigDict) -> lra.TaskSpec:
 def _data_dir(config: ml_collections.ConfigDict, expected: str) -> str:
     directory = config.data.data_dir
     if not directory or not os.path.isdir(directory):
+        hint = download_hint(config.task, directory) or "see WORKSPACE.md (Data) for where the official files come from"
         raise FileNotFoundError(
-            f"--config.data.data_dir={directory!r} is not a directory; task {config.task!r} reads {expected} from it "
-            "(see experiments/data.py and WORKSPACE.md for where the official files come from)")
+            f"--config.data.data_dir={directory!r} is not a directory; task {config.task!r} reads {expected} from it; "
+            f"{hint}")
     return directory
 
 

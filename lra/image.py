@@ -42,6 +42,7 @@ import zlib
 
 import numpy as np
 
+from lra.download import download_hint
 from lra.errors import LRADataError
 from lra.tasks import Split
 
@@ -242,7 +243,7 @@ def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     label count other than n, or a label that is not an integer 0..9 (naming the record).
     """
     if not os.path.isfile(path):
-        raise LRADataError(f"{path}: CIFAR-10 batch not found")
+        raise LRADataError(f"{path}: CIFAR-10 batch not found; {download_hint('image', os.path.dirname(path))}")
     with open(path, "rb") as handle:
         raw = handle.read()
     _check_pickle_lengths(raw, path)
@@ -346,7 +347,10 @@ def load_cifar10(data_dir: str, *, val_size: int = 5000) -> dict[str, Split]:
     if not os.path.isdir(directory):
         directory = data_dir
     if not os.path.isdir(directory):
-        raise LRADataError(f"{data_dir}: CIFAR-10 directory not found; expected {CIFAR_DIR}/ with data_batch_1..5")
+        raise LRADataError(
+            f"{data_dir}: CIFAR-10 directory not found; expected {CIFAR_DIR}/ with data_batch_1..5; "
+            + download_hint("image", data_dir)
+        )
     train_parts = [read_cifar_batch(os.path.join(directory, name)) for name in CIFAR_TRAIN_BATCHES]
     test_data, test_labels = read_cifar_batch(os.path.join(directory, CIFAR_TEST_BATCH))
     train_inputs = np.concatenate([cifar_to_sequences(data) for data, _ in train_parts])
@@ -375,7 +379,8 @@ def find_idx_file(data_dir: str, stem: str) -> str:
         path = os.path.join(data_dir, name)
         if os.path.isfile(path):
             return path
-    raise LRADataError(f"{os.path.join(data_dir, stem)}: IDX file not found (nor {stem}.gz)")
+    hint = download_hint("mnist", data_dir, alternatives=("fashion_mnist",))
+    raise LRADataError(f"{os.path.join(data_dir, stem)}: IDX file not found (nor {stem}.gz); {hint}")
 
 
 _IDX_CHUNK = 1 << 20  # bytes inflated at a time

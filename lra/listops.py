@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from lra import cache
+from lra.download import download_hint
 from lra.errors import LRADataError, located
 from lra.tasks import Split
 
@@ -531,7 +532,8 @@ def load_listops(
     missing = [path for path in paths if not os.path.isfile(path)]
     if missing:
         raise LRADataError(
-            f"ListOps files not found: {missing}; expected {task}_{{train,val,test}}.tsv in {data_dir}"
+            f"ListOps files not found: {missing}; expected {task}_{{train,val,test}}.tsv in {data_dir}; "
+            + download_hint("listops", data_dir)
         )
     cache_path = os.path.join(data_dir, f"{task}_tokens.cache.npz")
     key = cache.cache_key("listops", TOKENIZER_VERSION, cache.file_stamps(paths))

@@ -86,6 +86,7 @@ from typing import Any
 import numpy as np
 
 from lra import pathfinder_draw as draw
+from lra.download import download_hint
 from lra.errors import LRADataError, located
 from lra.listops import _default_num_workers, _worker_context
 from lra.tasks import Split
@@ -945,9 +946,11 @@ def find_dataset_dir(data_dir: str, resolution: int, difficulty: str) -> str:
     ):
         if os.path.isdir(candidate):
             return candidate
+    task = {32: "pathfinder", 128: "pathx"}.get(resolution)
+    hint = f"; {download_hint(task, data_dir)}" if task else ""
     raise LRADataError(
         f"Pathfinder data not found: neither {os.path.join(data_dir, directory)} nor "
-        f"{os.path.join(data_dir, f'pathfinder{resolution}', directory)} exists"
+        f"{os.path.join(data_dir, f'pathfinder{resolution}', directory)} exists{hint}"
     )
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from lra import bytes as byte_tokens
 from lra import cache
+from lra.download import download_hint
 from lra.errors import LRADataError, located
 from lra.tasks import Split
 
@@ -53,7 +54,7 @@ def find_aan_dir(data_dir: str) -> str:
     ]
     raise LRADataError(
         f"AAN files not found: {missing}; expected new_aan_pairs.{{train,eval,test}}.tsv in {data_dir} "
-        f"or in {os.path.join(data_dir, 'tsv_data')}"
+        f"or in {os.path.join(data_dir, 'tsv_data')}; {download_hint('retrieval', data_dir)}"
     )
 
 

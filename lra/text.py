@@ -34,6 +34,7 @@ import numpy as np
 
 from lra import bytes as byte_tokens
 from lra import cache
+from lra.download import download_hint
 from lra.errors import LRADataError, located
 from lra.tasks import Split
 
@@ -51,7 +52,7 @@ CACHE_NAME = "lra_text_bytes.cache.npz"
 def find_source(data_dir: str) -> tuple[str, str]:
     """("aclimdb", root) or ("tsv", data_dir) for the first layout found (module docstring, "Sources")."""
     if not os.path.isdir(data_dir):
-        raise LRADataError(f"{data_dir}: IMDB data directory not found")
+        raise LRADataError(f"{data_dir}: IMDB data directory not found; {download_hint('text', data_dir)}")
     nested = os.path.join(data_dir, "aclImdb")
     if os.path.isdir(nested):
         return "aclimdb", nested
@@ -61,7 +62,7 @@ def find_source(data_dir: str) -> tuple[str, str]:
         return "tsv", data_dir
     raise LRADataError(
         f"{data_dir}: no IMDB data found; expected aclImdb/{{train,test}}/{{neg,pos}}/*.txt, "
-        "{train,test}/{neg,pos}/*.txt, or train.tsv and test.tsv"
+        "{train,test}/{neg,pos}/*.txt, or train.tsv and test.tsv; " + download_hint("text", data_dir)
     )
 
 
@@ -75,7 +76,8 @@ def list_review_files(root: str, split: str) -> list[tuple[str, int]]:
         directory = os.path.join(root, split, label_name)
         if not os.path.isdir(directory):
             raise LRADataError(
-                f"{directory}: directory not found; expected the aclImdb layout <root>/{split}/{{neg,pos}}/*.txt"
+                f"{directory}: directory not found; expected the aclImdb layout <root>/{split}/{{neg,pos}}/*.txt; "
+                + download_hint("text", root)
             )
         names = sorted(name for name in os.listdir(directory) if name.endswith(".txt"))
         if not names:
@@ -148,7 +150,10 @@ def _source_paths(kind: str, root: str) -> list[str]:
         paths = [os.path.join(root, f"{split}.tsv") for split in DISK_SPLITS]
         missing = [path for path in paths if not os.path.isfile(path)]
         if missing:
-            raise LRADataError(f"IMDB TSV files not found: {missing}; expected train.tsv and test.tsv in {root}")
+            raise LRADataError(
+                f"IMDB TSV files not found: {missing}; expected train.tsv and test.tsv in {root} (or the aclImdb "
+                f"tree: {download_hint('text')})"
+            )
         return paths
     return [path for split in DISK_SPLITS for path, _ in list_review_files(root, split)]
 
