@@ -28,7 +28,9 @@ A mixer that fails to build, compile or run at some size is recorded as a row wi
 message; the run goes on. Rows have status "ok", "error", "skipped" (memory limit) or "not_applicable" (e.g.
 decoding a mixer without a causal form). The JSON (--out) holds the environment, the flags, the rows of each
 suite, and a `summary` (see SUMMARY_DEFINITIONS) whose every entry is {"value": number or null, "reason": null
-or why}.
+or why, "lengths": the sequence lengths it was computed at}. The keys name the lengths of a full run (e.g.
+mixer_speedup_vs_softmax_4k); a run that did not measure them, such as --quick, gets each figure at the lengths
+it did run, and "lengths" says which (SUMMARY_LENGTHS_NOTE).
 Plots: one PNG per suite next to --out (matplotlib, drawn on an Agg canvas: no display needed).
 """
 
@@ -91,6 +93,14 @@ SUMMARY_DEFINITIONS = {
         "per causal mixer: decode-step time with a context of 16384 / of 1024 (constant-size state: 1)"
     ),
 }
+
+# Written next to SUMMARY_DEFINITIONS in the JSON: the lengths named in the keys are those of a full run.
+SUMMARY_LENGTHS_NOTE = (
+    "every entry is {value, reason, lengths}: 'lengths' lists the sequence lengths (contexts for decode) the "
+    "value was computed at, [L] or [numerator L, denominator L]. A full run uses the lengths named in the key; "
+    "when the suite did not run them (e.g. --quick), an 'at L' figure uses the longest length run below L "
+    "(else the shortest), and an 'L1 over L0' growth the longest over the shortest length run"
+)
 
 
 # --------------------------------------------------------------------------------------------------- settings
@@ -163,7 +173,9 @@ class Settings:
             )
 
 
-# Sizes of --quick (applied to every size flag not given explicitly on the command line).
+# Sizes of --quick (applied to every size flag not given explicitly on the command line): about 1-2 minutes on
+# 2 CPU cores, most of it compilation (one encoder layer halves the mixers suite's). Two lengths per suite, so
+# that every summary figure, growths included, has a value (at these lengths, which each entry names).
 QUICK = dict(
     scan_lengths=(256, 1024),
     scan_batch=2,
@@ -171,6 +183,7 @@ QUICK = dict(
     mixer_lengths=(256, 512),
     mixer_batch=2,
     d_model=32,
+    n_layers=1,
     decode_lengths=(256, 1024),
     decode_batch=2,
     decode_model_length=256,
@@ -884,10 +897,11 @@ def decode_suite(settings: Settings, checkpoint: Callable[[], None], results: di
 # ---------------------------------------------------------------------------------------------------- summary
 
 
-def _entry(value: float | None, reason: str | None = None) -> dict[str, Any]:
+def _entry(value: float | None, reason: str | None = None, lengths: Sequence[int] | None = None) -> dict[str, Any]:
     if value is None and reason is None:
         reason = "not available"
-    return {"value": value, "reason": None if value is not None else reason}
+    return {"value": value, "reason": None if value is not None else reason,
+            "lengths": None if lengths is None else [int(n) for n in lengths]}
 
 
 def _why_missing(row: dict[str, Any] | None, what: str, flag: str) -> str:
@@ -902,22 +916,43 @@ def _ratio_entry(
     numerator: tuple[dict | None, str, str],
     denominator: tuple[dict | None, str, str],
     measure: Callable[[dict | None], float | None],
+    lengths: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """numerator / denominator of `measure` on two rows, each given as (row, description, flag)."""
     for row, what, flag in (numerator, denominator):
         if measure(row) is None:
-            return _entry(None, _why_missing(row, what, flag))
-    return _entry(_ratio(measure(numerator[0]), measure(denominator[0])))
+            return _entry(None, _why_missing(row, what, flag), lengths)
+    return _entry(_ratio(measure(numerator[0]), measure(denominator[0])), lengths=lengths)
+
+
+def summary_length(nominal: int, run: Sequence[int]) -> int:
+    """The length at which a figure defined "at `nominal`" is taken: `nominal` when it was run, else the
+    longest length run below it, else the shortest length run. `run` must not be empty."""
+    if nominal in run:
+        return nominal
+    below = [n for n in run if n < nominal]
+    return max(below) if below else min(run)
+
+
+def summary_growth_lengths(longer: int, shorter: int, run: Sequence[int]) -> tuple[int, int] | None:
+    """(numerator, denominator) lengths of a growth defined as "`longer` over `shorter`": those two when both
+    were run, else the longest and the shortest length run; None when fewer than two lengths were run."""
+    if longer in run and shorter in run:
+        return longer, shorter
+    if len(set(run)) < 2:
+        return None
+    return max(run), min(run)
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers (SUMMARY_DEFINITIONS) from the suites' rows; each entry {"value", "reason"}."""
+    """The headline numbers (SUMMARY_DEFINITIONS) from the suites' rows; each entry {"value", "reason",
+    "lengths"}, computed at the lengths named in the key or, when a suite did not run those, at the lengths it
+    ran (see SUMMARY_LENGTHS_NOTE)."""
     summary: dict[str, Any] = {}
     scan_rows = results.get("scan", {}).get("rows", [])
-    length = SUMMARY_SCAN_LENGTH
     flag = "--scan_lengths"
 
-    def scan_row(a_kind: str, candidate: str, mode: str) -> dict[str, Any] | None:
+    def scan_row(a_kind: str, length: int, candidate: str, mode: str) -> dict[str, Any] | None:
         return next(
             (
                 r
@@ -938,29 +973,42 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     ):
         summary[key] = {}
     for a_kind in A_KINDS:
+        scan_lengths = sorted({r["length"] for r in scan_rows if r["a_kind"] == a_kind})
+        length = summary_length(SUMMARY_SCAN_LENGTH, scan_lengths) if scan_lengths else SUMMARY_SCAN_LENGTH
 
-        def described(candidate: str, mode: str, a_kind: str = a_kind) -> tuple[dict | None, str, str]:
-            return scan_row(a_kind, candidate, mode), f"scan {candidate} {mode} ({a_kind}, L={length})", flag
+        def described(candidate: str, mode: str, a_kind: str = a_kind, length: int = length):
+            return (scan_row(a_kind, length, candidate, mode), f"scan {candidate} {mode} ({a_kind}, L={length})",
+                    flag)
 
+        at = [length]
         summary["scan_fwd_speedup_vs_associative"][a_kind] = _ratio_entry(
-            described("associative_scan_autodiff", "fwd"), described("auto", "fwd"), _median
+            described("associative_scan_autodiff", "fwd"), described("auto", "fwd"), _median, at
         )
         summary["scan_fwdbwd_speedup_vs_associative"][a_kind] = _ratio_entry(
-            described("associative_scan_autodiff", "fwdbwd"), described("auto", "fwdbwd"), _median
+            described("associative_scan_autodiff", "fwdbwd"), described("auto", "fwdbwd"), _median, at
         )
         summary["scan_fwdbwd_memory_ratio_vs_associative"][a_kind] = _ratio_entry(
-            described("auto", "fwdbwd"), described("associative_scan_autodiff", "fwdbwd"), _temp
+            described("auto", "fwdbwd"), described("associative_scan_autodiff", "fwdbwd"), _temp, at
         )
         summary["scan_fwd_fraction_of_copy_bandwidth"][a_kind] = _ratio_entry(
-            described(NUMPY_COPY, "copy"), described("auto", "fwd"), _median
+            described(NUMPY_COPY, "copy"), described("auto", "fwd"), _median, at
         )
 
     mixers = results.get("mixers", {})
     mixer_rows = mixers.get("rows", [])
+    mixer_lengths = sorted({r["length"] for r in mixer_rows})
 
     def mixer_row(name: str, at: int) -> tuple[dict | None, str, str]:
         row = next((r for r in mixer_rows if r["mixer"] == name and r["length"] == at), None)
         return row, f"mixer {name!r} at L={at}", "--mixer_lengths"
+
+    def growth_entry(row_at: Callable[[int], tuple[dict | None, str, str]], lengths: Sequence[int], what: str,
+                     flag: str) -> dict[str, Any]:
+        pair = summary_growth_lengths(16384, 1024, lengths)
+        if pair is None:
+            ran = f"only {what} {lengths[0]} was run" if lengths else "nothing was run"
+            return _entry(None, f"a growth needs two lengths, but {ran} (see {flag})")
+        return _ratio_entry(row_at(pair[0]), row_at(pair[1]), _median, pair)
 
     summary["mixer_time_growth_16k_over_1k"] = {}
     summary["mixer_memory_ratio_vs_softmax_4k"] = {}
@@ -972,22 +1020,24 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         else f"baseline {SOFTMAX!r} is not registered (or not selected)"
     )
     for name in mixers.get("mixers", []):
-        summary["mixer_time_growth_16k_over_1k"][name] = _ratio_entry(
-            mixer_row(name, 16384), mixer_row(name, 1024), _median
+        summary["mixer_time_growth_16k_over_1k"][name] = growth_entry(
+            lambda at, name=name: mixer_row(name, at), mixer_lengths, "L =", "--mixer_lengths"
         )
-        for key, at, measure, flip in (
+        for key, nominal, measure, flip in (
             ("mixer_memory_ratio_vs_softmax_4k", 4096, _temp, False),
             ("mixer_speedup_vs_softmax_4k", 4096, _median, True),
             ("mixer_speedup_vs_softmax_16k", 16384, _median, True),
         ):
+            at = summary_length(nominal, mixer_lengths) if mixer_lengths else nominal
             if softmax_missing:
-                summary[key][name] = _entry(None, softmax_missing)
+                summary[key][name] = _entry(None, softmax_missing, [at])
                 continue
             pair = (mixer_row(SOFTMAX, at), mixer_row(name, at))
-            summary[key][name] = _ratio_entry(*(pair if flip else pair[::-1]), measure)
+            summary[key][name] = _ratio_entry(*(pair if flip else pair[::-1]), measure, [at])
 
     decode = results.get("decode", {})
     decode_rows = decode.get("rows", [])
+    decode_lengths = sorted({r["context"] for r in decode_rows})
     summary["decode_time_growth_16k_over_1k"] = {}
     for name in decode.get("causal_mixers", []):
 
@@ -995,8 +1045,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             row = next((r for r in decode_rows if r["mixer"] == name and r["context"] == at), None)
             return row, f"decode {name!r} at context {at}", "--decode_lengths"
 
-        summary["decode_time_growth_16k_over_1k"][name] = _ratio_entry(
-            decode_row(16384), decode_row(1024), _median
+        summary["decode_time_growth_16k_over_1k"][name] = growth_entry(
+            decode_row, decode_lengths, "context", "--decode_lengths"
         )
     return summary
 
@@ -1112,6 +1162,7 @@ def run(settings: Settings) -> dict[str, Any]:
         "environment": environment(),
         "settings": _jsonable(dataclasses.asdict(settings)),
         "summary_definitions": SUMMARY_DEFINITIONS,
+        "summary_lengths": SUMMARY_LENGTHS_NOTE,
     }
     if settings.import_all_model_modules and {"mixers", "decode"} & set(settings.suites):
         results["model_import_errors"] = import_model_modules()
@@ -1281,7 +1332,8 @@ def main(argv: Sequence[str]) -> None:
     results = run(settings)
     print(
         json.dumps(
-            _jsonable({"out": settings.out, "plots": results["plots"], "summary": results["summary"]}),
+            _jsonable({"out": settings.out, "plots": results["plots"], "summary": results["summary"],
+                       "summary_lengths": SUMMARY_LENGTHS_NOTE}),
             indent=1,
         )
     )

@@ -12,6 +12,8 @@ import json
 import math
 import os
 import struct
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -22,6 +24,7 @@ import pytest
 from experiments import bench
 from models import registry
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKEN = "broken_for_bench_test"
 
 
@@ -77,8 +80,10 @@ def toy_run(tmp_path_factory):
 
 
 def _is_entry(entry) -> bool:
-    """A summary entry: a positive number without a reason, or null with a reason."""
-    if set(entry) != {"value", "reason"}:
+    """A summary entry: a positive number without a reason, or null with a reason; and the lengths used."""
+    if set(entry) != {"value", "reason", "lengths"}:
+        return False
+    if entry["lengths"] is not None and not all(isinstance(n, int) and n > 0 for n in entry["lengths"]):
         return False
     if entry["value"] is None:
         return isinstance(entry["reason"], str) and entry["reason"] != ""
@@ -104,8 +109,16 @@ def test_json_has_environment_settings_and_every_summary_key(toy_run):
     for group in summary.values():
         for entry in group.values():
             assert _is_entry(entry), entry
-    # Toy lengths: nothing at 16K was run, and the reasons say so.
-    assert "not run" in summary["scan_fwd_speedup_vs_associative"]["time_varying"]["reason"]
+    # Toy lengths: nothing at 16K was run, so the figures are taken at the lengths that were, and say which.
+    varying = summary["scan_fwd_speedup_vs_associative"]["time_varying"]
+    assert varying["lengths"] == [8]  # the toy run's methods do not include 'auto', which the summary needs
+    assert "scan auto fwd (time_varying, L=8) was not run" in varying["reason"]
+    assert "not run" in summary["scan_fwd_speedup_vs_associative"]["time_invariant"]["reason"]  # a kind not run
+    assert summary["mixer_speedup_vs_softmax_16k"]["lru"]["lengths"] == [16]
+    assert "needs two lengths" in summary["mixer_time_growth_16k_over_1k"]["lru"]["reason"]  # one length run
+    assert summary["decode_time_growth_16k_over_1k"]["lru"]["lengths"] == [16, 8]
+    assert "broken on purpose" in summary["mixer_speedup_vs_softmax_4k"][BROKEN]["reason"]
+    assert written["summary_lengths"] == bench.SUMMARY_LENGTHS_NOTE
     assert "plots" in written
 
 
@@ -167,7 +180,7 @@ def test_memory_limit_skips_instead_of_running(tmp_path):
     assert row["status"] == "skipped" and "max_memory_gb" in row["reason"]
     assert "time" not in row
     entry = results["summary"]["decode_time_growth_16k_over_1k"]["lru"]
-    assert entry["value"] is None and "not run" in entry["reason"]
+    assert entry["value"] is None and "only context 8 was run" in entry["reason"]
 
 
 def _timed(median: float, temp: int | None = 100) -> dict:
@@ -200,13 +213,54 @@ def test_summary_ratios_are_the_ratios_of_the_named_rows():
     assert memory_ratio == pytest.approx(0.25)
     assert summary["scan_fwd_fraction_of_copy_bandwidth"]["time_invariant"]["value"] == pytest.approx(0.25)
     assert summary["scan_fwd_speedup_vs_associative"]["time_varying"]["value"] is None
+    assert summary["scan_fwd_speedup_vs_associative"]["time_invariant"]["lengths"] == [16384]
     assert summary["mixer_time_growth_16k_over_1k"]["lru"]["value"] == pytest.approx(12.0)
+    assert summary["mixer_time_growth_16k_over_1k"]["lru"]["lengths"] == [16384, 1024]
+    assert summary["mixer_speedup_vs_softmax_4k"]["lru"]["lengths"] == [4096]
     assert summary["mixer_memory_ratio_vs_softmax_4k"]["lru"]["value"] == pytest.approx(40 / 1600)
     assert summary["mixer_speedup_vs_softmax_4k"]["lru"]["value"] == pytest.approx(8.0)
     sixteen = summary["mixer_speedup_vs_softmax_16k"]["lru"]
     assert sixteen["value"] is None and "too big" in sixteen["reason"]
     assert summary["mixer_time_growth_16k_over_1k"][bench.SOFTMAX]["value"] is None
     assert summary["decode_time_growth_16k_over_1k"]["lru"]["value"] == pytest.approx(2.0)
+
+
+def test_summary_lengths_fall_back_to_the_lengths_that_were_run():
+    assert bench.summary_length(4096, [1024, 4096, 16384]) == 4096
+    assert bench.summary_length(4096, [256, 512]) == 512
+    assert bench.summary_length(4096, [1024, 8192]) == 1024  # the longest below, not the nearest
+    assert bench.summary_length(4096, [8192, 16384]) == 8192  # nothing below: the shortest
+    assert bench.summary_growth_lengths(16384, 1024, [1024, 4096, 16384]) == (16384, 1024)
+    assert bench.summary_growth_lengths(16384, 1024, [256, 1024]) == (1024, 256)
+    assert bench.summary_growth_lengths(16384, 1024, [512]) is None
+    # Rows at the --quick lengths only: every figure is computed there, and names its lengths.
+    scan_rows = [dict(_timed(median * length, temp and temp * length), a_kind=kind, length=length, candidate=candidate,
+                      mode=mode)
+                 for kind in bench.A_KINDS for length in bench.QUICK["scan_lengths"]
+                 for candidate, mode, median, temp in (("auto", "fwd", 1.0, 1), ("auto", "fwdbwd", 2.0, 1),
+                                                       ("associative_scan_autodiff", "fwd", 3.0, 2),
+                                                       ("associative_scan_autodiff", "fwdbwd", 8.0, 4),
+                                                       (bench.NUMPY_COPY, "copy", 0.5, None))]
+    mixer_rows = [dict(_timed(t * length, m * length), mixer=name, length=length)
+                  for length in bench.QUICK["mixer_lengths"]
+                  for name, t, m in (("lru", 1.0, 1), (bench.SOFTMAX, 5.0, 10))]
+    decode_rows = [dict(_timed(1e-3), mixer="lru", context=c) for c in bench.QUICK["decode_lengths"]]
+    summary = bench.summarize({"scan": {"rows": scan_rows},
+                               "mixers": {"mixers": ["lru", bench.SOFTMAX], "rows": mixer_rows},
+                               "decode": {"causal_mixers": ["lru"], "rows": decode_rows}})
+    longest_scan = max(bench.QUICK["scan_lengths"])
+    short, long = min(bench.QUICK["mixer_lengths"]), max(bench.QUICK["mixer_lengths"])
+    assert summary["scan_fwdbwd_speedup_vs_associative"]["time_varying"] == {
+        "value": pytest.approx(4.0), "reason": None, "lengths": [longest_scan]}
+    assert summary["scan_fwdbwd_memory_ratio_vs_associative"]["time_invariant"]["value"] == pytest.approx(0.25)
+    assert summary["mixer_time_growth_16k_over_1k"]["lru"] == {
+        "value": pytest.approx(long / short), "reason": None, "lengths": [long, short]}
+    assert summary["mixer_speedup_vs_softmax_4k"]["lru"] == {"value": pytest.approx(5.0), "reason": None,
+                                                           "lengths": [long]}
+    assert summary["mixer_memory_ratio_vs_softmax_4k"]["lru"]["value"] == pytest.approx(0.1)
+    decode_lengths = bench.QUICK["decode_lengths"]
+    assert summary["decode_time_growth_16k_over_1k"]["lru"]["lengths"] == [max(decode_lengths), min(decode_lengths)]
+    assert all(entry["value"] is not None for group in summary.values() for entry in group.values()), summary
 
 
 def test_summary_without_softmax_says_the_baseline_is_missing():
@@ -279,3 +333,36 @@ def test_mixer_option_overrides_one_mixer_and_rejects_unknown_options():
         bench.mixer_options_for("softmax", 64, overrides=["softmax.bogus=1"])
     with pytest.raises(ValueError, match="NAME.OPTION=VALUE"):
         bench.parse_mixer_overrides(["num_heads=1"])
+
+
+def test_quick_run_prints_a_summary_without_nulls(tmp_path):
+    """`--quick` as a user runs it (the CLI, its sizes), restricted to two mixers and the 'auto' scan method
+    (the ones the summary needs) to stay short: every printed summary figure is a number, at the quick lengths."""
+    out = tmp_path / "quick" / "quick.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.bench", "--quick", f"--out={out}", "--mixers=lru,softmax",
+         "--scan_methods=auto", "--noplots"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout)
+    summary = printed["summary"]
+    assert set(summary) == set(bench.SUMMARY_DEFINITIONS)
+    nulls = [(key, name, entry["reason"]) for key, group in summary.items() for name, entry in group.items()
+             if entry["value"] is None]
+    assert nulls == []
+    assert set(summary["scan_fwd_speedup_vs_associative"]) == set(bench.A_KINDS)
+    assert set(summary["mixer_speedup_vs_softmax_4k"]) == {"lru", bench.SOFTMAX}
+    assert {"lru", bench.SOFTMAX} <= set(summary["decode_time_growth_16k_over_1k"])
+    for group in summary.values():
+        for entry in group.values():
+            assert _is_entry(entry), entry
+    quick = bench.QUICK
+    assert summary["scan_fwd_fraction_of_copy_bandwidth"]["time_varying"]["lengths"] == [max(quick["scan_lengths"])]
+    assert summary["mixer_time_growth_16k_over_1k"]["lru"]["lengths"] == [max(quick["mixer_lengths"]),
+                                                                         min(quick["mixer_lengths"])]
+    assert summary["mixer_speedup_vs_softmax_4k"][bench.SOFTMAX]["value"] == pytest.approx(1.0)
+    assert summary["decode_time_growth_16k_over_1k"]["lru"]["lengths"] == [max(quick["decode_lengths"]),
+                                                                          min(quick["decode_lengths"])]
+    with open(out) as f:
+        written = json.load(f)
+    assert written["settings"]["n_layers"] == quick["n_layers"] and written["summary"] == summary
