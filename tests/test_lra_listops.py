@@ -477,3 +477,32 @@ def test_official_size_generation(tmp_path):
     rows = splits["train"] + splits["val"] + splits["test"]
     assert len({source for source, _ in rows}) == 100000
     assert all(500 < len(listops.tokenize(source)) < 2000 for source, _ in rows[:2000])
+
+
+def test_generation_reports_progress_on_stderr_with_the_total(tmp_path, capsys, monkeypatch):
+    updates: list[int] = []
+    real = listops.progress_bar
+
+    def recording(*args, **kwargs):
+        bar = real(*args, **kwargs)
+        update = bar.update
+        bar.update = lambda n=1: (updates.append(n), update(n))[1]
+        return bar
+
+    monkeypatch.setattr(listops, "progress_bar", recording)
+    capsys.readouterr()
+    sizes = {"num_train": 600, "num_val": 50, "num_test": 50}
+    splits = generate(num_workers=2, **sizes)
+    err = capsys.readouterr().err
+    assert "ListOps" in err and "700/700" in err and "ex/s" in err, err
+    assert sum(updates) == 700 and len(updates) >= 3  # one update per chunk of 256 candidates
+    assert splits == generate(num_workers=1, progress=False, **sizes)  # the rows do not depend on it
+    assert capsys.readouterr().err == ""  # progress=False prints nothing
+    directory = listops.ensure_generated(str(tmp_path), num_workers=1, **GENERATION)
+    assert "56/56" in capsys.readouterr().err
+    assert listops.ensure_generated(str(tmp_path), **GENERATION) == directory
+    assert capsys.readouterr().err == ""  # already generated
+    flags = ["--num_train_samples=30", "--num_valid_samples=5", "--num_test=6", "--min_length=10",
+             "--max_length=40", "--max_depth=5", "--max_args=4", "--num_workers=1"]
+    assert listops.main([f"--output_dir={tmp_path / 'cli'}", *flags]) == 0
+    assert "41/41" in capsys.readouterr().err

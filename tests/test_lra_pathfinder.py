@@ -617,3 +617,57 @@ def test_batches_of_uint8_splits_are_int32_with_the_same_values(tmp_path):
     np.testing.assert_array_equal(np.concatenate([b["inputs"] for b in batches])[:10], split.inputs)
     assert (np.concatenate([b["inputs"] for b in batches]) >= 0).all()  # 255 stays 255, no sign wrap
     assert np.concatenate([b["inputs"] for b in batches]).max() == split.inputs.max()
+
+
+# ------------------------------------------------------------------------------------ progress bar
+
+
+def record_updates(monkeypatch, module):
+    """Wraps `module.progress_bar` so that every bar's update(n) calls are recorded, in order."""
+    updates: list[int] = []
+    real = module.progress_bar
+
+    def recording(*args, **kwargs):
+        bar = real(*args, **kwargs)
+        update = bar.update
+
+        def recorded(n=1):
+            updates.append(n)
+            return update(n)
+
+        bar.update = recorded
+        return bar
+
+    monkeypatch.setattr(module, "progress_bar", recording)
+    return updates
+
+
+def test_generation_reports_progress_on_stderr_as_parts_complete(tmp_path, small_dataset, params32, capsys,
+                                                                monkeypatch):
+    root, labels = small_dataset
+    updates = record_updates(monkeypatch, pf)
+    monkeypatch.setattr(pf, "IMAGES_PER_TASK", 3)  # batches of 8 in parts of 3, 3, 2: assembled in order
+    other = str(tmp_path / "parts")
+    capsys.readouterr()
+    new_labels = pf.write_pathfinder_dataset(other, params32, 30, seed=9, num_workers=2, images_per_batch=8)
+    err = capsys.readouterr().err
+    assert "Pathfinder-32 curv_contour_length_14" in err and "30/30" in err and "img/s" in err, err
+    assert sorted(updates) == sorted([3, 3, 2] * 3 + [3, 3]) and sum(updates) == 30  # one update per part
+    np.testing.assert_array_equal(new_labels, labels)
+    for relative in ["metadata/0.npy", "metadata/3.npy", "imgs/1/sample_7.png", "imgs/3/sample_5.png"]:
+        with (open(os.path.join(root, "curv_contour_length_14", relative), "rb") as a,
+              open(os.path.join(other, "curv_contour_length_14", relative), "rb") as b):
+            assert a.read() == b.read(), relative
+    pf.write_pathfinder_dataset(str(tmp_path / "quiet"), params32, 4, seed=9, num_workers=1, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_ensure_generated_and_the_command_line_show_progress_with_the_total(tmp_path, capsys):
+    capsys.readouterr()
+    root = pf.ensure_generated_pathfinder(str(tmp_path / "cache"), 32, "easy", 12, seed=1, num_workers=2)
+    assert "12/12" in capsys.readouterr().err
+    assert pf.ensure_generated_pathfinder(str(tmp_path / "cache"), 32, "easy", 12, seed=1) == root
+    assert capsys.readouterr().err == ""  # already generated: no bar
+    assert pf.main(["--output_dir", str(tmp_path / "cli"), "--num_examples", "7", "--num_workers", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "7 images" in captured.out and "7/7" in captured.err and "7/7" not in captured.out
