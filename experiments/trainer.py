@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,12 +35,14 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
+from absl import flags, logging
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import lra
 from experiments import data as data_lib
+from experiments import workdir as workdir_lib
 from experiments.optim import make_optimizer
 from experiments.optim import schedule as schedule_fn
 from experiments.validation import validate_config
@@ -53,6 +56,10 @@ Prepare = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 class ConfigMismatchError(ValueError):
     """A restarted run's config differs from the one saved in its workdir."""
+
+
+class ConfigValueError(ValueError):
+    """A config value that cannot run here (e.g. a batch that does not divide over the devices)."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -130,13 +137,13 @@ def build_model(config: ml_collections.ConfigDict, spec: lra.TaskSpec) -> nn.Mod
         if mixer_options.get(key) == 0:
             mixer_options[key] = spec.seq_len
     if model_cfg.input_encoding not in INPUT_ENCODINGS:
-        raise ValueError(f"--config.model.input_encoding={model_cfg.input_encoding!r}: expected one of "
+        raise ConfigValueError(f"--config.model.input_encoding={model_cfg.input_encoding!r}: expected one of "
                          f"{INPUT_ENCODINGS}")
     if model_cfg.input_encoding == "linear" and spec.padded:
-        raise ValueError(f"--config.model.input_encoding='linear' needs a pixel task; {spec.name!r} has tokens")
+        raise ConfigValueError(f"--config.model.input_encoding='linear' needs a pixel task; {spec.name!r} has tokens")
     dtype = model_cfg.get("dtype", "float32")  # activations; parameters, norms and logits stay float32
     if dtype not in DTYPES:
-        raise ValueError(f"--config.model.dtype={dtype!r}: expected one of {DTYPES}")
+        raise ConfigValueError(f"--config.model.dtype={dtype!r}: expected one of {DTYPES}")
     encoder = SequenceEncoder(
         vocab_size=spec.vocab_size if model_cfg.input_encoding == "embed" else None, d_model=model_cfg.d_model,
         n_layers=model_cfg.n_layers, mixer=model_cfg.mixer,
@@ -281,7 +288,7 @@ class DataParallel:
 
     def check_batch_size(self, batch_size: int, flag: str) -> None:
         if batch_size % self.num_devices or batch_size % jax.process_count():
-            raise ValueError(f"--config.{flag}={batch_size} must be divisible by the number of devices "
+            raise ConfigValueError(f"--config.{flag}={batch_size} must be divisible by the number of devices "
                              f"({self.num_devices}) and of processes ({jax.process_count()})")
 
     def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -296,31 +303,78 @@ class DataParallel:
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the run stops at once, keeping the last good checkpoint."""
+
+
 class Checkpoints:
     """The latest `keep` checkpoints under workdir/checkpoints and the best one under workdir/best.
 
     Each checkpoint holds the train state and a small JSON record (best validation accuracy so far, its step,
     the wall time used). Writes are atomic (orbax writes to a temporary directory and renames it), so a
-    run killed while writing leaves the previous checkpoint intact.
+    run killed while writing leaves the previous checkpoint intact. Saves run in the background; `poll()` (called
+    every step) and `wait()` check that each one finished, and any failure -- raised when the save starts or
+    found when it ends -- stops the run with a CheckpointError naming the step and the last good checkpoint.
     """
 
-    def __init__(self, workdir: str, keep: int) -> None:
+    def __init__(self, workdir: str, keep: int, read_only: bool = False) -> None:
         def manager(name: str, max_to_keep: int) -> ocp.CheckpointManager:
             # Orbax names its cross-process barriers by step only ("_async_commit_complete.2"): without a prefix
             # per manager, "checkpoints" and "best" saving the same step at once collide in a multi-host run.
-            options = ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
-            return ocp.CheckpointManager(os.path.join(workdir, name), options=options,
+            multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+            if read_only:  # evaluation: nothing created, cleaned up or deleted
+                options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                       multiprocessing_options=multiprocessing)
+            else:
+                options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                       cleanup_tmp_directories=True,
+                                                       multiprocessing_options=multiprocessing)
+            return ocp.CheckpointManager(workdir_lib.path(workdir, name), options=options,
                                          item_names=("state", "meta"))
 
+        self.workdir = workdir
         self.latest = manager("checkpoints", keep)
         self.best = manager("best", 1)
+        self._pending: list[tuple[ocp.CheckpointManager, int]] = []  # saves started, not yet checked
 
-    @staticmethod
-    def _save(manager: ocp.CheckpointManager, step: int, state: State, meta: dict) -> None:
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   meta=ocp.args.JsonSave(meta)), force=True)
+    def _last_good(self) -> str:
+        steps = [s for s in workdir_lib.checkpoint_steps(self.workdir) if (self.latest, s) not in self._pending]
+        return f"the last good checkpoint (step {max(steps)}) is kept" if steps else "no earlier checkpoint exists"
+
+    def _save(self, manager: ocp.CheckpointManager, step: int, state: State, meta: dict) -> None:
+        self.poll()
+        try:
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as error:
+            raise CheckpointError(f"saving the checkpoint of step {step} in {manager.directory} failed "
+                                  f"({type(error).__name__}: {error}); {self._last_good()}") from error
+        self._pending.append((manager, step))
+
+    def _check(self, manager: ocp.CheckpointManager, step: int) -> None:
+        """A finished background save left a complete checkpoint directory (orbax logs, then drops, failures)."""
+        try:
+            manager.check_for_errors()
+            complete = (epath.Path(manager.directory) / str(step)).is_dir()
+        except Exception as error:
+            raise CheckpointError(f"saving the checkpoint of step {step} in {manager.directory} failed "
+                                  f"({type(error).__name__}: {error}); {self._last_good()}") from error
+        if not complete:
+            raise CheckpointError(f"saving the checkpoint of step {step} in {manager.directory} failed (no "
+                                  f"complete checkpoint was written; see the error logged above); {self._last_good()}")
+        self._pending.remove((manager, step))
+
+    def poll(self) -> None:
+        """Checks the background saves that have finished; raises CheckpointError for a failed one.
+
+        Orbax runs one save per manager at a time (a new save first waits for the previous one), so every pending
+        save but a manager's newest is known to have finished; the newest has once the manager is idle.
+        """
+        for manager in (self.latest, self.best):
+            steps = [step for m, step in self._pending if m is manager]
+            finished = steps if not manager.is_saving_in_progress() else steps[:-1]
+            for step in finished:
+                self._check(manager, step)
 
     def save(self, step: int, state: State, meta: dict) -> None:
         if step in self.latest.all_steps():  # a damaged checkpoint that restore skipped: replace it
@@ -348,6 +402,12 @@ class Checkpoints:
                                 step, self.latest.directory, type(error).__name__, error)
         return None
 
+    def restore_step(self, step: int, abstract_state: Any) -> tuple[State, dict]:
+        if step not in self.latest.all_steps():
+            raise CheckpointError(f"{self.latest.directory} holds no checkpoint of step {step}; it holds steps "
+                                  f"{sorted(self.latest.all_steps())}")
+        return self._restore(self.latest, step, abstract_state)
+
     def restore_best(self, abstract_state: Any) -> tuple[State, dict] | None:
         step = self.best.latest_step()
         return None if step is None else self._restore(self.best, step, abstract_state)
@@ -355,43 +415,65 @@ class Checkpoints:
     def wait(self) -> None:
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
+        for manager, step in list(self._pending):
+            self._check(manager, step)
 
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+    def abort(self) -> None:
+        """After an error: lets the saves still running finish (or fail) and stops orbax's threads, so the process
+        can exit; errors of these saves were or will be reported by the caller's exception."""
+        for manager in (self.latest, self.best):
+            with contextlib.suppress(Exception):
+                manager.wait_until_finished()
+            with contextlib.suppress(Exception):
+                manager.close()
 
 
 # ------------------------------------------------------------------------------------------------- logging
 
 
 class MetricWriter:
-    """Metrics as JSON lines (workdir/metrics.jsonl) and TensorBoard event files (workdir/tensorboard)."""
+    """Metrics as JSON lines (workdir/metrics.jsonl) and TensorBoard event files (workdir/tensorboard).
+
+    On a local disk records are appended; on an object store (which cannot append) the file is rewritten whole at
+    every write, from the records kept in memory.
+    """
 
     def __init__(self, workdir: str, resume_step: int, enabled: bool) -> None:
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.remote = workdir_lib.is_remote(workdir)
+        self.path = workdir_lib.path(workdir, "metrics.jsonl")
+        self.lines: list[str] = []
         if not enabled:
             return
         self._drop_records_after(resume_step)
         from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
 
-        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step or None)
+        self.tensorboard = SummaryWriter(str(workdir_lib.path(workdir, "tensorboard")), purge_step=resume_step or None)
 
     def _drop_records_after(self, step: int) -> None:
         """On resume, records written after the restored checkpoint are replaced by the rerun's."""
-        if not os.path.exists(self.path):
+        if not self.path.exists():
             return
-        with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+        self.lines = [line + "\n" for line in self.path.read_text().splitlines()
+                      if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(self.lines))
+        if not self.remote:
+            self.lines = []
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        record = {"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps({"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}) + "\n"
+        if self.remote:
+            self.lines.append(line)
+            self.path.write_text("".join(self.lines))
+        else:
+            with open(self.path, "a") as f:
+                f.write(line)
         for name, value in metrics.items():
             self.tensorboard.add_scalar(f"{split}/{name}", float(value), step)
         self.tensorboard.flush()
@@ -405,18 +487,33 @@ class MetricWriter:
 
 
 NONFINITE_POLICIES = ("stop", "skip")
+# Keys that may differ when a run resumes: they change how long it trains and how often it reports, not what it
+# trains. Raising train.num_steps extends a finished or stopped run (see train_and_evaluate for the schedule).
+RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                  "train.keep_checkpoints")
 
 
 def check_workdir(workdir: str, probe_bytes: int = 1 << 20) -> None:
-    """Fails at start, not hours later, when the workdir cannot be created or written (read-only, disk full)."""
+    """Fails at start, not hours later, when the workdir cannot be created or written (read-only, disk full).
+
+    Nothing is left behind: a missing workdir is not created here (its closest existing ancestor is probed
+    instead), so a run that fails later in its start leaves no trace. Object-store URLs are not probed.
+    """
+    if workdir_lib.is_remote(workdir):
+        return
+    existing = workdir_lib.nearest_existing(workdir)
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_probe.{socket.gethostname()}.{jax.process_index()}.{os.getpid()}")
-        with open(probe, "wb") as f:
-            f.write(b"\0" * probe_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-        os.remove(probe)
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(20, f"{existing} is a file, not a directory")
+        probe = os.path.join(existing, f".write_probe.{socket.gethostname()}.{jax.process_index()}.{os.getpid()}")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * probe_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            if os.path.exists(probe):
+                os.remove(probe)
     except OSError as error:
         raise OSError(f"--workdir={workdir} is not usable: {error.strerror or error} ({type(error).__name__}); "
                       "checkpoints, metrics and results are written there, so it must be a writable directory "
@@ -427,12 +524,15 @@ def check_checkpoint_space(workdir: str, state: Any, keep: int, free_bytes: int 
     """Fails at start when the workdir's disk cannot hold the checkpoints this run will keep.
 
     Needed: the state's bytes times (keep + 2): the last `keep` checkpoints, the best one and one being written.
-    `free_bytes` defaults to the free space of the workdir's file system (shutil.disk_usage).
+    `free_bytes` defaults to the free space of the workdir's file system (shutil.disk_usage); `state` may be
+    abstract (shapes and dtypes only).
     """
+    if free_bytes is None and workdir_lib.is_remote(workdir):
+        return
     state_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
     needed = state_bytes * (keep + 2)
     if free_bytes is None:
-        free_bytes = shutil.disk_usage(workdir).free
+        free_bytes = shutil.disk_usage(workdir_lib.nearest_existing(workdir)).free
     if free_bytes < needed:
         raise OSError(f"--workdir={workdir} is not usable: {free_bytes / 2**20:.1f} MiB free, but the checkpoints "
                       f"of this run need about {needed / 2**20:.1f} MiB ({keep} kept + best + one being written, "
@@ -449,26 +549,100 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_and_save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes workdir/config.json, or, on a restart, checks the config equals the saved one."""
-    path = os.path.join(workdir, "config.json")
+    """Writes workdir/config.json, or, on a restart, checks the config against the saved one.
+
+    * equal: nothing to do;
+    * the workdir holds no checkpoint (an earlier start failed before its first save): the new config replaces
+      the saved one, with an INFO line, so a corrected command is not refused;
+    * only RESUMABLE_KEYS differ: the new values are saved (raising train.num_steps extends the run; lowering it
+      below the newest checkpoint is refused);
+    * anything else differs: ConfigMismatchError naming every differing key with both values.
+    """
     current = json.loads(config.to_json())
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    saved = workdir_lib.read_json(workdir, "config.json")
+    if saved is not None:
         old, new = _flatten(saved), _flatten(current)
         differing = sorted(k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>"))
-        if differing:
-            details = "; ".join(f"{k}: saved {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}"
-                                for k in differing)
+        if not differing:
+            return
+        details = "; ".join(f"{k}: saved {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}"
+                            for k in differing)
+        steps = workdir_lib.checkpoint_steps(workdir) + workdir_lib.checkpoint_steps(workdir, "best")
+        config_path = workdir_lib.path(workdir, "config.json")
+        if not steps:
+            logging.info("%s belongs to a start that saved no checkpoint; this run's config replaces it (%s)",
+                         config_path, details)
+        elif set(differing) <= set(RESUMABLE_KEYS):
+            newest = max(steps)
+            if config.train.num_steps < newest:
+                raise ConfigMismatchError(
+                    f"--config.train.num_steps={config.train.num_steps} is below the newest checkpoint in {workdir} "
+                    f"(step {newest}); a run cannot be shortened: use a new --workdir, or evaluate the finished run "
+                    f"with python -m experiments.evaluate --workdir={workdir}")
+            if new.get("train.num_steps") != old.get("train.num_steps"):
+                logging.info("extending the run in %s from %s to %s steps: it resumes at step %d, and the learning "
+                             "rate follows the schedule of the new total from there", workdir,
+                             old.get("train.num_steps"), new["train.num_steps"], newest)
+            logging.info("saving the changed keys to %s (%s)", config_path, details)
+        else:
             raise ConfigMismatchError(
-                f"the config differs from the one saved in {path}, so this run cannot resume there: {details}. "
-                "Use a new --workdir, or restore the saved values.")
-        return
+                f"the config differs from the one saved in {config_path}, so this run cannot resume there: {details}. "
+                f"Use a new --workdir, or restore the saved values (only {', '.join(RESUMABLE_KEYS)} may change "
+                "on a resume)")
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(current, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        workdir_lib.write_json(workdir, "config.json", current)
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates the workdir (once the config, data and model are known to be good) and checks it is writable."""
+    if jax.process_index() == 0 or not workdir_lib.is_remote(workdir):
+        workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
+    check_workdir(workdir)
+
+
+# ---------------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Progress of the training loop: steps/s, ETA and the latest metrics.
+
+    A tqdm bar (on stderr) where a person watches: a terminal, a notebook, or any call from Python that did not
+    go through absl's app.run (whose INFO log lines are then invisible, so the key lines are also printed above
+    the bar). Under app.run with stderr redirected (cluster jobs, CI) only the absl log lines are written.
+    """
+
+    def __init__(self, start: int, total: int, enabled: bool | None = None) -> None:
+        absl_run = flags.FLAGS.is_parsed()
+        if enabled is None:
+            enabled = not absl_run or sys.stderr.isatty() or "ipykernel" in sys.modules
+        self.echo = not absl_run and jax.process_index() == 0
+        self.bar = None
+        if enabled and jax.process_index() == 0:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", file=sys.stderr, dynamic_ncols=True,
+                            mininterval=0.5, smoothing=0.1, desc="train")
+
+    def say(self, message: str, *args: Any) -> None:
+        """An INFO line; also printed (above the bar) when absl's log is not shown."""
+        logging.info(message, *args)
+        if self.echo:
+            text = message % args if args else message
+            if self.bar is not None:
+                self.bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr)
+
+    def step(self, **metrics: float) -> None:
+        if self.bar is not None:
+            if metrics:
+                self.bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -490,14 +664,34 @@ def _count_params(params: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains, validates, checkpoints and tests; returns the contents of results.json."""
+def _abstract_state(model: nn.Module, config: ml_collections.ConfigDict, spec: lra.TaskSpec) -> Any:
+    """Shapes and dtypes of the train state, without computing it (no compilation, no parameters)."""
+    return jax.eval_shape(lambda: create_state(model, config, spec)[0])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | None = None
+                       ) -> dict[str, Any]:
+    """Trains, validates, checkpoints and tests; returns the contents of results.json.
+
+    Args:
+      config: a config of experiments/configs (validated here first).
+      workdir: a local directory (made absolute) or an object-store URL (gs://..., with the [gcs] extra).
+      progress: show a progress bar (None: where a terminal or notebook is attached, or when called from Python
+        rather than through experiments/train.py).
+
+    The start is ordered so that a mistake is found before anything is written: the config is validated, the
+    model built (abstractly), the workdir's writability and free space checked, the data resolved and read, and
+    only then is the workdir created and config.json written. Raising train.num_steps on a finished or stopped run
+    extends it: training resumes from the newest checkpoint, and the warmup + cosine schedule is that of the new
+    total, so the learning rate at the resumed step jumps from the old schedule's value to the new one's (up, for
+    a cosine that had decayed) and decays to the end of the new total.
+    """
     start_time = time.time()
+    workdir = workdir_lib.resolve(workdir)
     validate_config(config, trace=True)  # every key, range and mixer option, before anything is built
     if config.train.nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"--config.train.nonfinite={config.train.nonfinite!r}: expected one of {NONFINITE_POLICIES}")
-    check_workdir(workdir)
-    check_and_save_config(config, workdir)
+        raise ConfigValueError(f"--config.train.nonfinite={config.train.nonfinite!r}: expected one of "
+                               f"{NONFINITE_POLICIES}")
     is_writer = jax.process_index() == 0
 
     parallel = DataParallel()
@@ -506,18 +700,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     spec = data_lib.task_spec(config)
     model = build_model(config, spec)
+    abstract_state = _abstract_state(model, config, spec)
+    check_workdir(workdir)
+    if is_writer:  # before the data are read or generated (Path-X: an hour), not at the first checkpoint
+        check_checkpoint_space(workdir, abstract_state, config.train.keep_checkpoints)
+
+    splits = data_lib.load_splits(config)  # every data error surfaces here, before compilation
+    train_split = splits["train"]
+    batches = BatchSchedule(len(train_split), config.train.batch_size, config.seed,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+
+    prepare_workdir(workdir)
+    check_and_save_config(config, workdir)
     state, tx, labels = create_state(model, config, spec)
     state = parallel.replicate(state)
     abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     logging.info("model: %s mixer, %d parameters; groups: %s", config.model.mixer, _count_params(state["params"]),
                  {g: sum(1 for x in jax.tree.leaves(labels) if x == g) for g in param_groups.GROUPS})
-    if is_writer:  # before the data are read or generated (Path-X: an hour), not at the first checkpoint
-        check_checkpoint_space(workdir, state, config.train.keep_checkpoints)
-
-    splits = data_lib.load_splits(config)
-    train_split = splits["train"]
-    batches = BatchSchedule(len(train_split), config.train.batch_size, config.seed,
-                             process_index=jax.process_index(), process_count=jax.process_count())
     logging.info("task %s: train/val/test %d/%d/%d examples, length %d, %d steps per epoch",
                  spec.name, len(train_split), len(splits["val"]), len(splits["test"]),
                  spec.seq_len, batches.steps_per_epoch)
@@ -527,11 +726,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     restored = checkpoints.restore_latest(abstract_state)
     if restored is not None:
         state, meta = restored
-        logging.info("resumed from the checkpoint at step %d in %s", int(state["step"]), workdir)
+    start_step = int(state["step"])
+    num_steps = config.train.num_steps
+    show = Progress(start_step, num_steps, progress)
+    show.say("workdir %s: %s", workdir, f"resumed from the checkpoint at step {start_step}" if restored is not None
+             else "a new run")
+    if is_writer:
+        workdir_lib.write_status(workdir, "running", start_step)
+    writer = MetricWriter(workdir, start_step, enabled=is_writer)
+    try:
+        results = _train(config, workdir, spec, model, tx, labels, state, meta, splits, batches, checkpoints,
+                         writer, parallel, show, start_time)
+    except Preempted as stopped:
+        if is_writer:
+            workdir_lib.write_status(workdir, "stopped", stopped.step, str(stopped))
+        raise
+    except BaseException as error:
+        checkpoints.abort()  # let running saves end and orbax's threads stop, so that the process can exit
+        writer.close()
+        if is_writer:
+            with contextlib.suppress(Exception):
+                workdir_lib.write_status(workdir, "failed", -1, f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        show.close()
+    if is_writer:
+        workdir_lib.write_json(workdir, "results.json", results)
+        workdir_lib.write_status(workdir, "finished", results["steps"])
+    return results
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, spec: lra.TaskSpec, model: nn.Module,
+           tx: optax.GradientTransformation, labels: Any, state: State, meta: dict, splits: dict[str, lra.Split],
+           batches: BatchSchedule, checkpoints: Checkpoints, writer: MetricWriter, parallel: DataParallel,
+           show: Progress, start_time: float) -> dict[str, Any]:
+    """The loop of train_and_evaluate, from a restored or initial state to the test of the best checkpoint."""
+    train_split = splits["train"]
     start_step = int(state["step"])
     wall_before = float(meta["wall_seconds"])
-
-    writer = MetricWriter(workdir, start_step, enabled=is_writer)
+    abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     prepare = functools.partial(model_inputs, spec=spec, input_encoding=config.model.input_encoding)
     train_step = jax.jit(make_train_step(model, tx, config.seed, prepare),
                          in_shardings=(parallel.replicated, parallel.batch),
@@ -542,11 +775,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     num_steps = config.train.num_steps
     window: list[dict] = []
     window_start = time.time()
+    shown: dict[str, float] = {}
 
     def run_validation(step: int) -> None:
         val = evaluate(eval_step, state, splits["val"], config, parallel)
         writer.write(step, "val", val)
-        logging.info("step %d validation: accuracy %.4f loss %.4f", step, val["accuracy"], val["loss"])
+        show.say("step %d validation: accuracy %.4f loss %.4f", step, val["accuracy"], val["loss"])
+        shown["val_acc"] = val["accuracy"]
         if val["accuracy"] > meta["best_val_accuracy"]:
             meta["best_val_accuracy"], meta["best_step"] = val["accuracy"], step
             checkpoints.save_best(step, state, _meta_now())
@@ -584,12 +819,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 logging.info("step %d/%d loss %.4f accuracy %.4f grad_norm %.3f | %.2f steps/s, ETA %s", step,
                              num_steps, means["loss"], means["accuracy"], means["grad_norm"], rate,
                              _format_seconds((num_steps - step) / max(rate, 1e-9)))
+                shown.update(loss=means["loss"], acc=means["accuracy"])
                 window, window_start = [], time.time()
             if step % config.train.eval_every == 0 or step == num_steps:
                 run_validation(step)
             stop_signum = stop.agreed()
             if step % config.train.checkpoint_every == 0 or step == num_steps or stop_signum is not None:
                 checkpoints.save(step, state, _meta_now())
+            else:
+                checkpoints.poll()
+            show.step(**shown)
             if stop_signum is not None:
                 checkpoints.wait()
                 checkpoints.close()
@@ -607,8 +846,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write(final_step, "test", test)
     checkpoints.close()
     writer.close()
+    show.say("step %d: test accuracy %.4f loss %.4f (best checkpoint, step %d)", final_step, test["accuracy"],
+             test["loss"], int(meta["best_step"]))
 
-    results = {
+    return {
         "task": config.task,
         "mixer": config.model.mixer,
         "steps": final_step,
@@ -622,10 +863,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "num_processes": jax.process_count(),
         "wall_seconds": wall_before + time.time() - start_time,
     }
-    if is_writer:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-    return results
+
+
+SPLITS = {"test": "test", "validation": "val", "val": "val", "train": "train"}
+
+
+def evaluate_run(workdir: str, split: str = "test", checkpoint: str = "best") -> dict[str, Any]:
+    """Evaluates a run's checkpoint on one split, with the config saved in its workdir.
+
+    Args:
+      workdir: the run directory (local or an object-store URL).
+      split: "test", "validation" (or "val") or "train".
+      checkpoint: "best" (by validation accuracy, as results.json's test figures), "latest", or a step number.
+
+    Returns {"workdir", "split", "checkpoint", "step", "accuracy", "loss", "examples"}. The best checkpoint's test
+    accuracy equals results.json's test_accuracy (the same evaluation code on the same examples).
+    """
+    workdir = workdir_lib.resolve(workdir)
+    if split not in SPLITS:
+        raise ConfigValueError(f"--split={split}: expected one of test, validation, train")
+    saved = workdir_lib.read_json(workdir, "config.json") if workdir_lib.path(workdir).is_dir() else None
+    if saved is None:
+        raise workdir_lib.WorkdirError(f"--workdir={workdir} holds no config.json: it is not a training run's "
+                                       "directory (python -m experiments.train --workdir=... makes one)")
+    config = ml_collections.ConfigDict(saved)
+    validate_config(config)
+    parallel = DataParallel()
+    parallel.check_batch_size(config.train.eval_batch_size, "train.eval_batch_size")
+    spec = data_lib.task_spec(config)
+    model = build_model(config, spec)
+    abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated),
+                                  _abstract_state(model, config, spec))
+    steps = workdir_lib.checkpoint_steps(workdir)
+    best_steps = workdir_lib.checkpoint_steps(workdir, "best")
+    if checkpoint not in ("best", "latest") and not checkpoint.isdigit():
+        raise ConfigValueError(f"--checkpoint={checkpoint}: expected best, latest or a step number (steps in "
+                               f"{workdir}: {steps})")
+    if not steps and not best_steps:
+        raise CheckpointError(f"--workdir={workdir} holds no checkpoint yet (the run saved none before it stopped)")
+    splits = data_lib.load_splits(config)
+    checkpoints = Checkpoints(workdir, config.train.keep_checkpoints, read_only=True)
+    try:
+        if checkpoint == "best":
+            restored = checkpoints.restore_best(abstract_state)
+            if restored is None:
+                raise CheckpointError(f"{workdir} holds no best checkpoint (no validation ran); use "
+                                      "--checkpoint=latest")
+        elif checkpoint == "latest":
+            restored = checkpoints.restore_latest(abstract_state)
+            if restored is None:
+                raise CheckpointError(f"no checkpoint in {workdir}/checkpoints could be restored")
+        else:
+            restored = checkpoints.restore_step(int(checkpoint), abstract_state)
+    finally:
+        checkpoints.close()
+    state = restored[0]
+    prepare = functools.partial(model_inputs, spec=spec, input_encoding=config.model.input_encoding)
+    eval_step = jax.jit(make_eval_step(model, prepare), in_shardings=(parallel.replicated, parallel.batch),
+                        out_shardings=parallel.replicated)
+    chosen = splits[SPLITS[split]]
+    metrics = evaluate(eval_step, state, chosen, config, parallel)
+    return {"workdir": workdir, "split": "validation" if SPLITS[split] == "val" else split, "checkpoint": checkpoint,
+            "step": int(state["step"]), "accuracy": metrics["accuracy"], "loss": metrics["loss"],
+            "examples": len(chosen)}
 
 
 def _format_seconds(seconds: float) -> str:

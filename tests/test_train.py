@@ -102,6 +102,7 @@ def test_restart_with_a_different_config_names_the_keys(tmp_path):
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     trainer.check_and_save_config(tiny_config(cache), workdir)
+    os.makedirs(os.path.join(workdir, "checkpoints", "3"))  # without a checkpoint, a new config replaces the old
     with pytest.raises(trainer.ConfigMismatchError, match=r"model\.d_model: saved 16, now 24"):
         trainer.check_and_save_config(tiny_config(cache, **{"model.d_model": 24}), workdir)
 
