@@ -16,6 +16,7 @@ cluster on TPU / SLURM with --distributed).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -162,7 +163,8 @@ def main(argv: list[str]) -> None:
     if _LIST.value:
         from experiments import catalog
 
-        print(catalog.listing())
+        with contextlib.suppress(BrokenPipeError):  # e.g. piped into `head`
+            print(catalog.listing(), flush=True)
         return
     cli.quiet_library_logs()
     from experiments.validation import ConfigError, validate_config
