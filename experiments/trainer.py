@@ -618,10 +618,9 @@ class Progress:
         self.echo = not absl_run and jax.process_index() == 0
         self.bar = None
         if enabled and jax.process_index() == 0:
-            from tqdm import tqdm
+            from lra.progress import progress_bar
 
-            self.bar = tqdm(total=total, initial=start, unit="step", file=sys.stderr, dynamic_ncols=True,
-                            mininterval=0.5, smoothing=0.1, desc="train")
+            self.bar = progress_bar(total, "train", "step", initial=start)
 
     def say(self, message: str, *args: Any) -> None:
         """An INFO line; also printed (above the bar) when absl's log is not shown."""

@@ -19,9 +19,9 @@ TERMINAL_INTERVAL_SECONDS = 0.5
 LOG_INTERVAL_SECONDS = 10.0
 
 
-def progress_bar(total: int, description: str, unit: str, *, enabled: bool = True) -> tqdm:
-    """A tqdm bar of `total` `unit`s on the current sys.stderr, labelled `description`; use as a context manager
-    (or call close()) and `update(n)` as work completes."""
+def progress_bar(total: int, description: str, unit: str, *, enabled: bool = True, initial: int = 0) -> tqdm:
+    """A tqdm bar of `total` `unit`s on the current sys.stderr, labelled `description`, starting at `initial`
+    (e.g. a resumed training step); use as a context manager (or call close()) and `update(n)` as work completes."""
     stream = sys.stderr
     try:
         terminal = stream.isatty()
@@ -29,6 +29,7 @@ def progress_bar(total: int, description: str, unit: str, *, enabled: bool = Tru
         terminal = False
     options = dict(
         total=total,
+        initial=initial,
         desc=description,
         unit=unit,
         file=stream,
