@@ -34,7 +34,8 @@ def progress_bar(total: int, description: str, unit: str, *, enabled: bool = Tru
         unit=unit,
         file=stream,
         dynamic_ncols=terminal,
-        mininterval=TERMINAL_INTERVAL_SECONDS if terminal else LOG_INTERVAL_SECONDS,
+        # A notebook (ipykernel) is watched live like a terminal, though its stderr is not a tty.
+        mininterval=TERMINAL_INTERVAL_SECONDS if terminal or "ipykernel" in sys.modules else LOG_INTERVAL_SECONDS,
         smoothing=0.1,  # the rate and ETA follow recent chunks rather than only the average since the start
     )
     if not enabled:  # left out otherwise, so that tqdm's TQDM_DISABLE environment variable applies
