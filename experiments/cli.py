@@ -7,7 +7,7 @@ import logging as std_logging
 import os
 import sys
 
-from absl import logging
+from absl import flags, logging
 
 
 def quiet_library_logs() -> None:
@@ -35,3 +35,24 @@ def hard_exit(code: int) -> None:
     sys.stderr.flush()
     logging.flush()
     os._exit(code)
+
+
+def usage_exit(message: str, program: str, more_help: str = "") -> None:
+    """A command-line mistake: one "error:" line and a hint, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    print(f"(python -m {program} --help for the flags{more_help})", file=sys.stderr)
+    sys.exit(2)
+
+
+def flags_parser(program: str):
+    """An absl flags parser for app.run that reports a bad flag in one line (exit status 2) instead of absl's
+    FATAL block."""
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            usage_exit(str(error), program)
+        raise AssertionError("unreachable")
+
+    return parse

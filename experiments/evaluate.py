@@ -36,4 +36,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments import cli
+
+    app.run(main, flags_parser=cli.flags_parser("experiments.evaluate"))

@@ -151,10 +151,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def _usage_exit(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    print("(python -m experiments.train --help for the flags, --list for tasks, mixers and config variants)",
-          file=sys.stderr)
-    sys.exit(2)
+    cli.usage_exit(message, "experiments.train", ", --list for tasks, mixers and config variants")
 
 
 def main(argv: list[str]) -> None:

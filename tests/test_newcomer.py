@@ -232,6 +232,10 @@ def test_evaluate_prints_the_results_of_the_best_checkpoint(finished, tmp_path):
     assert_one_line_error(missing, "no checkpoint of step 4", "[9, 12]")
     nothing = run(evaluate_cmd(f"--workdir={tmp_path / 'nothing'}"), cwd=tmp_path)
     assert_one_line_error(nothing, "holds no config.json")
+    bad_split = run(evaluate_cmd(f"--workdir={workdir}", "--split=tset"), cwd=tmp_path)
+    assert_one_line_error(bad_split, "--split=tset", "test|validation|train", returncode=2)
+    bad_checkpoint = run(evaluate_cmd(f"--workdir={workdir}", "--checkpoint=bets"), cwd=tmp_path)
+    assert_one_line_error(bad_checkpoint, "--checkpoint=bets", "best, latest or a step number")
 
 
 def test_raising_num_steps_extends_a_finished_run_and_lowering_it_is_refused(finished, tmp_path, cache):
