@@ -2,7 +2,8 @@
 
 Task specs and the Split container: lra/tasks.py. Readers and generators, one module per task family:
 listops.py (generator + official TSV), text.py (IMDB), retrieval.py (AAN), image.py (CIFAR-10, IDX),
-pathfinder.py (generator + official layout). bytes.py is the byte tokeniser; batching.py the batch order.
+pathfinder.py (generator + official layout). bytes.py is the byte tokeniser; batching.py the batch order;
+files.py opens data files (regular files only, size-bounded, never blocking).
 """
 
 from lra.batching import BatchSchedule, eval_batches, num_eval_batches

@@ -1,7 +1,9 @@
 """Preprocessed-array caches shared by the readers: one .npz per source, valid while the source files keep their
 sizes and modification times (and CACHE_VERSION holds). Writes are atomic; an unwritable directory means no cache.
 A damaged cache file (truncated, garbled, or with headers that do not match its contents) is never an error and
-never trusted: `read_cache` reports a miss and the reader rebuilds it from the source files.
+never trusted: `read_cache` reports a miss and the reader rebuilds it from the source files. So is anything but
+a regular file at the cache's path (a FIFO, a link to a device, a directory): it is never opened (lra/files.py),
+and `write_cache` replaces it, or only warns when it cannot (a directory).
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from lra.files import check_regular, open_regular
+
 CACHE_VERSION = 1
 
 
-def file_stamps(paths: Iterable[str], *, relative_to: str | None = None) -> list[list]:
-    """[[name, size, mtime_ns], ...] for `paths` (names relative to `relative_to`, or base names)."""
+def file_stamps(paths: Iterable[str], *, relative_to: str | None = None, what: str = "a data file") -> list[list]:
+    """[[name, size, mtime_ns], ...] for `paths` (names relative to `relative_to`, or base names).
+
+    Every path must be a regular file (links followed): anything else is an LRADataError naming it and `what`.
+    """
     stamps = []
     for path in paths:
-        stat = os.stat(path)
+        stat = check_regular(path, what)
         name = os.path.relpath(path, relative_to) if relative_to else os.path.basename(path)
         stamps.append([name, stat.st_size, stat.st_mtime_ns])
     return stamps
@@ -45,8 +52,8 @@ def read_cache(cache_path: str, key: str, names: Iterable[str] = ()) -> dict[str
     bytes than the member holds, or an object (pickled) array, is refused before anything is allocated.
     """
     try:
-        file_size = os.path.getsize(cache_path)
-        with zipfile.ZipFile(cache_path) as archive:
+        with open_regular(cache_path, "a cache") as handle, zipfile.ZipFile(handle) as archive:
+            file_size = os.fstat(handle.fileno()).st_size
             arrays = {}
             for info in archive.infolist():
                 stored = info.compress_type == zipfile.ZIP_STORED and info.compress_size == info.file_size
@@ -54,7 +61,7 @@ def read_cache(cache_path: str, key: str, names: Iterable[str] = ()) -> dict[str
                     return None
                 with archive.open(info) as member:
                     arrays[info.filename[: -len(".npy")]] = _read_member(member, info.file_size)
-    except Exception:  # any damage (zip structure, .npy header, CRC, memory) means: rebuild
+    except Exception:  # any damage (zip structure, .npy header, CRC, memory, not a regular file) means: rebuild
         return None
     if "key" not in arrays or str(arrays["key"]) != key or any(name not in arrays for name in names):
         return None
@@ -103,7 +110,12 @@ def write_cache(cache_path: str, key: str, arrays: dict[str, np.ndarray]) -> Non
     try:
         with os.fdopen(handle, "wb") as file:
             np.savez(file, key=np.asarray(key), **arrays)
-        os.replace(temp_path, cache_path)
+        try:
+            os.replace(temp_path, cache_path)
+        except OSError as error:  # e.g. a directory where the cache belongs
+            os.unlink(temp_path)
+            warnings.warn(f"not caching tokens, cannot replace {cache_path}: {error}", stacklevel=3)
     except BaseException:
-        os.unlink(temp_path)
+        if os.path.lexists(temp_path):
+            os.unlink(temp_path)
         raise

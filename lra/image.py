@@ -44,6 +44,7 @@ import numpy as np
 
 from lra.download import download_hint
 from lra.errors import LRADataError
+from lra.files import open_regular, read_bounded
 from lra.tasks import Split
 
 PIXEL_VOCAB_SIZE = 256
@@ -87,6 +88,9 @@ CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
 CIFAR_SIDE = 32
 CIFAR_NUM_CLASSES = 10
+# The largest batch file read (lra/files.py). An official batch is ~31 MB (10,000 images of 3,072 bytes); a
+# Python 3 re-pickle with protocol 2 stores bytes as latin-1 text, up to twice that.
+CIFAR_BATCH_MAX_BYTES = 64 << 20
 
 # The only globals an official batch (numpy arrays pickled by Python 2) or a Python 3 re-pickle refers to.
 # Anything else is refused, so loading a pickle cannot run arbitrary code.
@@ -238,14 +242,14 @@ def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """One official CIFAR-10 pickle -> (data (n, 3072) uint8 RGB planes, labels (n,) int32).
 
     Pickles can run code: read only files from a trusted source (module docstring). Raises LRADataError naming
-    the file: missing, truncated or not a pickle, a length that runs past the end of the file, a global other
-    than numpy's array reconstruction, no dict with b"data"/b"labels", data not (n, 3072) uint8 with n >= 1, a
-    label count other than n, or a label that is not an integer 0..9 (naming the record).
+    the file: missing, not a regular file (a FIFO, a device, a directory, a dangling link: lra/files.py), over
+    CIFAR_BATCH_MAX_BYTES, truncated or not a pickle, a length that runs past the end of the file, a global
+    other than numpy's array reconstruction, no dict with b"data"/b"labels", data not (n, 3072) uint8 with
+    n >= 1, a label count other than n, or a label that is not an integer 0..9 (naming the record).
     """
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise LRADataError(f"{path}: CIFAR-10 batch not found; {download_hint('image', os.path.dirname(path))}")
-    with open(path, "rb") as handle:
-        raw = handle.read()
+    raw = read_bounded(path, "a CIFAR-10 batch", CIFAR_BATCH_MAX_BYTES)
     _check_pickle_lengths(raw, path)
     try:
         batch = _CifarUnpickler(io.BytesIO(raw), max_bytes=len(raw)).load()
@@ -377,7 +381,7 @@ def find_idx_file(data_dir: str, stem: str) -> str:
     """`<data_dir>/<stem>` or, failing that, `<data_dir>/<stem>.gz`; else LRADataError naming both."""
     for name in (stem, stem + ".gz"):
         path = os.path.join(data_dir, name)
-        if os.path.isfile(path):
+        if os.path.lexists(path):  # whatever it is: read_idx names it if it is not a regular file
             return path
     hint = download_hint("mnist", data_dir, alternatives=("fashion_mnist",))
     raise LRADataError(f"{os.path.join(data_dir, stem)}: IDX file not found (nor {stem}.gz); {hint}")
@@ -386,6 +390,12 @@ def find_idx_file(data_dir: str, stem: str) -> str:
 _IDX_CHUNK = 1 << 20  # bytes inflated at a time
 # Deflate expands data by at most ~1032:1, so a gzip file of n bytes cannot hold more than this many times n.
 _DEFLATE_MAX_RATIO = 1032
+
+
+def _gzip_max_bytes(content: int) -> int:
+    """The most bytes a gzip file of `content` bytes needs: stored deflate blocks add 5 bytes per 65,535, and
+    1 MiB is left for the gzip header's optional name, comment and extra field."""
+    return content + content // 8192 + (1 << 20)
 
 
 def _read_up_to(stream, count: int, path: str) -> bytearray:
@@ -408,14 +418,20 @@ def read_idx(path: str, magic: int) -> np.ndarray:
     Args:
       magic: the expected big-endian header word, IDX_IMAGES_MAGIC or IDX_LABELS_MAGIC; its low byte is the
         number of dimensions.
-    Raises LRADataError naming the file: unreadable gzip, header shorter than announced, wrong magic, a zero
-    dimension, or a payload whose size differs from the product of the dimensions (truncated or with trailing
-    bytes). The declared size is checked against what the file can hold before it is read or allocated.
+    Raises LRADataError naming the file: not a regular file (a FIFO, a device, a directory, a dangling link;
+    lra/files.py), unreadable gzip, header shorter than announced, wrong magic, a zero dimension, or a payload
+    whose size differs from the product of the dimensions (truncated or with trailing bytes). The file's size is
+    checked against the header before the payload is read or allocated: exactly header + data when plain; when
+    gzipped, at least 1/1032 of the data (deflate's best ratio) and at most `_gzip_max_bytes` of it.
     """
-    with open(path, "rb") as handle:
-        raw = handle.read()
-    gzipped = raw[:2] == _GZIP_MAGIC
-    stream = gzip.GzipFile(fileobj=io.BytesIO(raw), mode="rb") if gzipped else io.BytesIO(raw)
+    with open_regular(path, "an IDX file") as handle:
+        return _read_idx(handle, os.fstat(handle.fileno()).st_size, path, magic)
+
+
+def _read_idx(handle, size: int, path: str, magic: int) -> np.ndarray:
+    gzipped = handle.read(2) == _GZIP_MAGIC
+    handle.seek(0)
+    stream = gzip.GzipFile(fileobj=handle, mode="rb") if gzipped else handle
     head = _read_up_to(stream, 4, path)
     if len(head) < 4:
         raise LRADataError(f"{path}: {len(head)} bytes, too short for an IDX header")
@@ -431,12 +447,17 @@ def read_idx(path: str, magic: int) -> np.ndarray:
     expected = math.prod(dims)  # a Python int: no overflow, unlike an int64 product of four uint32s
     if not expected:
         raise LRADataError(f"{path}: IDX dimensions {dims} hold no data")
-    if not gzipped and len(raw) - header != expected:
-        raise LRADataError(f"{path}: IDX dimensions {dims} need {expected} data bytes, found {len(raw) - header}")
-    if gzipped and expected > _DEFLATE_MAX_RATIO * len(raw):
+    if not gzipped and size - header != expected:
+        raise LRADataError(f"{path}: IDX dimensions {dims} need {expected} data bytes, found {size - header}")
+    if gzipped and expected > _DEFLATE_MAX_RATIO * size:
         raise LRADataError(
-            f"{path}: IDX dimensions {dims} need {expected} data bytes, more than a gzip file of {len(raw)} bytes "
+            f"{path}: IDX dimensions {dims} need {expected} data bytes, more than a gzip file of {size} bytes "
             "can hold"
+        )
+    if gzipped and size > _gzip_max_bytes(header + expected):
+        raise LRADataError(
+            f"{path}: a gzip file of {size:,} bytes, larger than IDX dimensions {dims} ({expected:,} data bytes) "
+            f"can need (at most {_gzip_max_bytes(header + expected):,} bytes)"
         )
     payload = _read_up_to(stream, expected + 1, path)  # one byte more: trailing data is an error too
     if len(payload) != expected:

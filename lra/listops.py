@@ -41,6 +41,7 @@ import numpy as np
 from lra import cache
 from lra.download import download_hint
 from lra.errors import LRADataError, located
+from lra.files import bounded_lines, open_regular
 from lra.progress import progress_bar
 from lra.tasks import Split
 
@@ -67,6 +68,9 @@ Tree = int | str | tuple["Tree", "Tree"]
 
 _DELETE_PARENS = str.maketrans("", "", "()")
 _TARGETS = {str(value): value for value in VALUES}  # the exact spellings a Target column may hold
+# The longest TSV line read (lra/files.py). LRA's rows have under 2,000 tokens (a few KB); 1 MiB allows rows of
+# ~200,000 tokens while a file without line breaks cannot exhaust memory.
+MAX_LINE_BYTES = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -407,15 +411,16 @@ def read_tsv(path: str) -> tuple[list[str], np.ndarray]:
       (sources, targets): the source strings and an (n,) int32 array of targets; row i sits on line i + 2.
     Raises:
       LRADataError naming the file and line: empty file, wrong header, a line that is not UTF-8, a row
-      without exactly two tab-separated columns (blank lines included), or a target other than '0'..'9';
-      naming the file when it holds no row after the header.
+      without exactly two tab-separated columns (blank lines included), a target other than '0'..'9', or a
+      line over MAX_LINE_BYTES; naming the file when it holds no row after the header or is not a regular file
+      (a FIFO, a device, a directory, a dangling link: refused before opening, see lra/files.py).
     """
     sources: list[str] = []
     targets: list[int] = []
     line_number = 0
     # Binary lines decoded one by one, so that even a decoding error names its line.
-    with open(path, "rb") as handle:
-        for line_number, raw_line in enumerate(handle, start=1):
+    with open_regular(path, "the ListOps TSV file") as handle:
+        for line_number, raw_line in bounded_lines(handle, path, MAX_LINE_BYTES, "a ListOps row"):
             where = f"{path}, line {line_number}"
             try:
                 line = raw_line.decode("utf-8").rstrip("\r\n")
@@ -540,14 +545,14 @@ def load_listops(
     redone on every load (fast). An unwritable directory just means no cache.
     """
     paths = [split_path(data_dir, split, task) for split in SPLITS]
-    missing = [path for path in paths if not os.path.isfile(path)]
+    missing = [path for path in paths if not os.path.lexists(path)]
     if missing:
         raise LRADataError(
             f"ListOps files not found: {missing}; expected {task}_{{train,val,test}}.tsv in {data_dir}; "
             + download_hint("listops", data_dir)
         )
     cache_path = os.path.join(data_dir, f"{task}_tokens.cache.npz")
-    key = cache.cache_key("listops", TOKENIZER_VERSION, cache.file_stamps(paths))
+    key = cache.cache_key("listops", TOKENIZER_VERSION, cache.file_stamps(paths, what="the ListOps TSV file"))
     names = [f"{split}_{name}" for split in SPLITS for name in ("flat", "lengths", "labels")]
     arrays = cache.read_cache(cache_path, key, names) if use_cache else None
     if arrays is None:

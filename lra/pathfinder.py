@@ -50,7 +50,9 @@ else malformed (truncated PNG, wrong size, bad metadata row, missing file) raise
 file (the metadata file and line for a bad row, the image file for a bad image), and so does a dataset with no
 example left. A metadata row must name
 `imgs/<batch>/<file>.png` inside the dataset directory (no `..`, no absolute path). Sizes declared in PNG and
-.npy headers are checked before anything that large is allocated or inflated.
+.npy headers are checked before anything that large is allocated or inflated. Images and metadata files must be
+regular files (links to them are fine): a FIFO, a device, a directory or a dangling link is an LRADataError
+raised before opening it, and so is a file over its bound (`png_max_bytes`, METADATA_MAX_BYTES; lra/files.py).
 
 Cost (CPU time per image, measured with this code): resolution 32 easy 2 ms, intermediate 4 ms, hard 16 ms;
 64 hard 0.45 s; 128 hard (Path-X) 0.16 s; 256 hard 0.07 s. Almost all of it is failed attempts at the two
@@ -88,6 +90,7 @@ import numpy as np
 from lra import pathfinder_draw as draw
 from lra.download import download_hint
 from lra.errors import LRADataError, located
+from lra.files import check_regular, read_bounded
 from lra.listops import _default_num_workers, _worker_context
 from lra.progress import progress_bar
 from lra.tasks import Split
@@ -618,6 +621,7 @@ def example_rng(params: PathfinderParams, seed: int, index: int) -> np.random.Ge
 # PNG: 8-bit grayscale only.
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_FILE_MAX_BYTES = 64 << 20  # the largest PNG `read_png` reads (no expected size known)
 _COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
 
 
@@ -790,10 +794,16 @@ def decode_png(data: bytes, where: str | None = None, *, expected_shape: tuple[i
     return _unfilter(raw, height, width, where)
 
 
+def png_max_bytes(height: int, width: int) -> int:
+    """The largest PNG file of an H x W 8-bit grayscale image that is read: twice the unfiltered pixel data
+    (deflate's stored blocks, chunk framing) plus 1 MiB for ancillary chunks. Real ones are a fraction of it."""
+    return 2 * height * (width + 1) + (1 << 20)
+
+
 def read_png(path: str) -> np.ndarray:
-    """Read an 8-bit grayscale PNG file into (H, W) uint8; errors name the file (see `decode_png`)."""
-    with open(path, "rb") as handle:
-        return decode_png(handle.read(), path)
+    """Read an 8-bit grayscale PNG file into (H, W) uint8; errors name the file (see `decode_png`). Only a regular
+    file of at most PNG_FILE_MAX_BYTES is read (lra/files.py)."""
+    return decode_png(read_bounded(path, "a PNG file", PNG_FILE_MAX_BYTES), path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -813,6 +823,14 @@ def metadata_row(batch: int, index: int, label: int, params: PathfinderParams, m
         len(params.paddle_contrast_list),
     ]  # fmt: skip
     return " ".join(field if isinstance(field, str) else _format_number(field) for field in fields)
+
+
+# Bounds on metadata files (lra/files.py): a file lists one batch of images, one line of ~60 bytes each (the
+# binary .npy a few times that), so 64 MiB (a million lines) and 4,096-character lines are beyond any real one.
+METADATA_MAX_BYTES = 64 << 20
+METADATA_MAX_LINE = 4096
+# The largest cache info.json read (it lists the skipped images).
+CACHE_INFO_MAX_BYTES = 64 << 20
 
 
 def _binary_metadata_lines(content: bytes, path: str) -> list[str]:
@@ -856,13 +874,13 @@ def read_metadata(path: str) -> list[tuple[str, str, int]]:
     Text (the LRA copies): split on '\\n', a trailing empty line dropped (LRA's `[:-1]`, but a last line
     without a newline is kept), each line split on single spaces; field 0 must be `imgs/<batch>` (one path
     component, not `.` or `..`), field 1 a `.png` file name (no directory) and field 3 the label 0 or 1; no
-    field may hold a NUL. A binary .npy (the 2-D string array [PF] saved) is read without pickles, its header
-    checked against the file's size. Raises LRADataError naming the file and line (row) for a malformed row, and
-    naming the file when it cannot be read or decoded.
+    field may hold a NUL; a text line may hold METADATA_MAX_LINE characters. A binary .npy (the 2-D string array [PF]
+    saved) is read without pickles, its header checked against the file's size. Raises LRADataError naming the
+    file and line (row) for a malformed row, and naming the file when it cannot be read or decoded, is not a
+    regular file, or is larger than METADATA_MAX_BYTES.
     """
     try:
-        with open(path, "rb") as handle:
-            content = handle.read()
+        content = read_bounded(path, "the metadata file", METADATA_MAX_BYTES)
     except OSError as error:
         raise LRADataError(f"{path}: cannot read the metadata file ({error.strerror or error})") from None
     if content.startswith(b"\x93NUMPY"):
@@ -880,6 +898,8 @@ def read_metadata(path: str) -> list[tuple[str, str, int]]:
     rows = []
     for line_number, line in enumerate(lines, start=1):
         where = f"{path}, line {line_number}"
+        if len(line) > METADATA_MAX_LINE:
+            raise LRADataError(located(where, f"longer than {METADATA_MAX_LINE:,} characters, not a metadata row"))
         fields = line.rstrip("\r").split(" ")
         if len(fields) < 4:
             raise LRADataError(
@@ -968,8 +988,7 @@ def _read_block(task: tuple[list[str], int]) -> tuple[np.ndarray, np.ndarray]:
     keep = np.zeros(len(paths), dtype=bool)
     for row, path in enumerate(paths):
         try:
-            with open(path, "rb") as handle:
-                data = handle.read()
+            data = read_bounded(path, "the image listed in the metadata", png_max_bytes(resolution, resolution))
         except OSError as error:
             raise LRADataError(
                 f"{path}: cannot read the image listed in the metadata ({error.strerror})"
@@ -1039,7 +1058,7 @@ def read_pathfinder_examples(
 def _cache_key(dataset_dir: str, resolution: int) -> dict[str, Any]:
     files = []
     for path in metadata_files(dataset_dir):
-        stat = os.stat(path)
+        stat = check_regular(path, "the metadata file", METADATA_MAX_BYTES)
         files.append([os.path.basename(path), stat.st_size, stat.st_mtime_ns])
     return {
         "cache_version": CACHE_VERSION,
@@ -1115,13 +1134,15 @@ def _open_cache(cache_path: str, key: dict[str, Any], resolution: int) -> tuple[
 
     Both arrays are opened as memory maps first, so a damaged .npy header cannot make this allocate: a shape that
     the file does not hold fails to map. Only then are the shapes compared with info.json and the labels copied.
+    Anything but a regular file among the three (a FIFO, a link to a device) is never opened (lra/files.py).
     """
     try:
-        with open(os.path.join(cache_path, "info.json")) as handle:
-            info = json.load(handle)
+        info = json.loads(read_bounded(os.path.join(cache_path, "info.json"), "a cache index", CACHE_INFO_MAX_BYTES))
         if not isinstance(info, dict) or info.get("key") != json.loads(json.dumps(key)):
             return None
         count = info["num_examples"]
+        for name in ("inputs.npy", "labels.npy"):
+            check_regular(os.path.join(cache_path, name), "a cache array")
         inputs = np.load(os.path.join(cache_path, "inputs.npy"), mmap_mode="r", allow_pickle=False)
         labels = np.load(os.path.join(cache_path, "labels.npy"), mmap_mode="r", allow_pickle=False)
         if (

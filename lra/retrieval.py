@@ -31,6 +31,7 @@ from lra import bytes as byte_tokens
 from lra import cache
 from lra.download import download_hint
 from lra.errors import LRADataError, located
+from lra.files import bounded_lines, open_regular
 from lra.tasks import Split
 
 SPLIT_FILES = {
@@ -40,17 +41,20 @@ SPLIT_FILES = {
 }
 NUM_COLUMNS = 5  # label, id1, id2, text1, text2
 RAW_BYTE_LIMIT = 10000  # LRA cuts every raw document to its first 10,000 bytes before encoding
+# The longest line read (lra/files.py): two whole papers' text with label and ids. A paper's text is typically
+# tens of KB; 16 MiB leaves ample room while a file without line breaks cannot exhaust memory.
+MAX_LINE_BYTES = 16 << 20
 
 
 def find_aan_dir(data_dir: str) -> str:
     """`data_dir` or `<data_dir>/tsv_data`, whichever holds all three AAN files; else LRADataError."""
     for directory in (data_dir, os.path.join(data_dir, "tsv_data")):
-        if all(os.path.isfile(os.path.join(directory, name)) for name in SPLIT_FILES.values()):
+        if all(os.path.lexists(os.path.join(directory, name)) for name in SPLIT_FILES.values()):
             return directory
     missing = [
         os.path.join(data_dir, name)
         for name in SPLIT_FILES.values()
-        if not os.path.isfile(os.path.join(data_dir, name))
+        if not os.path.lexists(os.path.join(data_dir, name))
     ]
     raise LRADataError(
         f"AAN files not found: {missing}; expected new_aan_pairs.{{train,eval,test}}.tsv in {data_dir} "
@@ -79,7 +83,8 @@ def read_aan_tsv(path: str, byte_limit: int = RAW_BYTE_LIMIT) -> dict[str, np.nd
        "labels": (n,) int32}. Row i sits on line i + 1.
     Raises:
       LRADataError naming the file and line for a line without exactly 5 tab-separated columns (blank lines
-      included) or a bad label; naming the file when it holds no example.
+      included), a bad label or a line over MAX_LINE_BYTES; naming the file when it holds no example or is not a
+      regular file (lra/files.py).
     Cost: O(file size) time, O(n * byte_limit) memory.
     """
     if byte_limit < 1:
@@ -88,8 +93,8 @@ def read_aan_tsv(path: str, byte_limit: int = RAW_BYTE_LIMIT) -> dict[str, np.nd
     lengths: list[int] = []
     full_lengths: list[int] = []
     labels: list[int] = []
-    with open(path, "rb") as handle:
-        for line_number, raw_line in enumerate(handle, start=1):
+    with open_regular(path, "the AAN TSV file") as handle:
+        for line_number, raw_line in bounded_lines(handle, path, MAX_LINE_BYTES, "an AAN row"):
             where = f"{path}, line {line_number}"
             line = raw_line.rstrip(b"\n")
             if line.endswith(b"\r"):
@@ -134,7 +139,7 @@ def load_retrieval(data_dir: str, seq_len: int = 4000, *, use_cache: bool = True
     directory = find_aan_dir(data_dir)
     paths = {split: os.path.join(directory, name) for split, name in SPLIT_FILES.items()}
     byte_limit = min(seq_len, RAW_BYTE_LIMIT)
-    key = cache.cache_key("retrieval", byte_limit, cache.file_stamps(paths.values()))
+    key = cache.cache_key("retrieval", byte_limit, cache.file_stamps(paths.values(), what="the AAN TSV file"))
     cache_path = os.path.join(directory, f"new_aan_pairs.bytes{byte_limit}.cache.npz")
     names = [f"{split}_{name}" for split in SPLIT_FILES for name in ("flat", "lengths", "full_lengths", "labels")]
     arrays = cache.read_cache(cache_path, key, names) if use_cache else None

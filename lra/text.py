@@ -36,6 +36,7 @@ from lra import bytes as byte_tokens
 from lra import cache
 from lra.download import download_hint
 from lra.errors import LRADataError, located
+from lra.files import bounded_lines, open_regular, read_bounded
 from lra.tasks import Split
 
 DISK_SPLITS = ("train", "test")
@@ -43,6 +44,10 @@ LABELS = {"neg": 0, "pos": 1}
 TSV_HEADER = b"label\ttext"
 TSV_LABELS = {b"0": 0, b"1": 1}
 CACHE_NAME = "lra_text_bytes.cache.npz"
+# Bounds on what is read (lra/files.py): IMDB reviews are a few KB (tens at most), so a review file or TSV line
+# of over a MiB is not a review (and a FIFO, a device or a directory is refused before it is opened).
+REVIEW_MAX_BYTES = 1 << 20
+TSV_MAX_LINE = REVIEW_MAX_BYTES + 64  # label, tab, the review, line ending
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -58,7 +63,7 @@ def find_source(data_dir: str) -> tuple[str, str]:
         return "aclimdb", nested
     if any(os.path.isdir(os.path.join(data_dir, split)) for split in DISK_SPLITS):
         return "aclimdb", data_dir
-    if any(os.path.isfile(os.path.join(data_dir, f"{split}.tsv")) for split in DISK_SPLITS):
+    if any(os.path.lexists(os.path.join(data_dir, f"{split}.tsv")) for split in DISK_SPLITS):
         return "tsv", data_dir
     raise LRADataError(
         f"{data_dir}: no IMDB data found; expected aclImdb/{{train,test}}/{{neg,pos}}/*.txt, "
@@ -89,12 +94,11 @@ def list_review_files(root: str, split: str) -> list[tuple[str, int]]:
 def read_review(path: str) -> bytes:
     """The raw bytes of one review file, stripped of surrounding ASCII whitespace.
 
-    Raises LRADataError naming the file when it is empty (or only whitespace) or cannot be read (e.g. a
-    directory named `*.txt`).
+    Raises LRADataError naming the file when it is empty (or only whitespace), larger than REVIEW_MAX_BYTES, or
+    not a regular file (a directory named `*.txt`, a FIFO, a device, a dangling link; see lra/files.py).
     """
     try:
-        with open(path, "rb") as handle:
-            text = handle.read().strip()
+        text = read_bounded(path, "the review file", REVIEW_MAX_BYTES).strip()
     except OSError as error:
         raise LRADataError(f"{path}: cannot read the review file ({error.strerror or error})") from None
     if not text:
@@ -110,12 +114,13 @@ def read_tsv(path: str) -> tuple[list[bytes], np.ndarray]:
       or i + 2 after a header.
     Raises:
       LRADataError naming the file and line: a line without a tab (blank lines included), a label other than
-      `0`/`1`, an empty text; or naming the file when it holds no example.
+      `0`/`1`, an empty text, a line over TSV_MAX_LINE bytes; or naming the file when it holds no example or is
+      not a regular file (lra/files.py).
     """
     texts: list[bytes] = []
     labels: list[int] = []
-    with open(path, "rb") as handle:
-        for line_number, raw_line in enumerate(handle, start=1):
+    with open_regular(path, "the IMDB TSV file") as handle:
+        for line_number, raw_line in bounded_lines(handle, path, TSV_MAX_LINE, "an IMDB TSV row"):
             line = raw_line.rstrip(b"\n")
             if line.endswith(b"\r"):
                 line = line[:-1]
@@ -148,7 +153,7 @@ def _read_split(kind: str, root: str, split: str) -> tuple[list[bytes], np.ndarr
 def _source_paths(kind: str, root: str) -> list[str]:
     if kind == "tsv":
         paths = [os.path.join(root, f"{split}.tsv") for split in DISK_SPLITS]
-        missing = [path for path in paths if not os.path.isfile(path)]
+        missing = [path for path in paths if not os.path.lexists(path)]
         if missing:
             raise LRADataError(
                 f"IMDB TSV files not found: {missing}; expected train.tsv and test.tsv in {root} (or the aclImdb "
@@ -201,7 +206,8 @@ def load_text(
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     kind, root = find_source(data_dir)
     paths = _source_paths(kind, root)
-    key = cache.cache_key("text", kind, cache.file_stamps(paths, relative_to=root))
+    what = "the IMDB TSV file" if kind == "tsv" else "the review file"
+    key = cache.cache_key("text", kind, cache.file_stamps(paths, relative_to=root, what=what))
     cache_path = os.path.join(root, CACHE_NAME)
     names = [f"{split}_{name}" for split in DISK_SPLITS for name in ("flat", "lengths", "labels")]
     arrays = cache.read_cache(cache_path, key, names) if use_cache else None
