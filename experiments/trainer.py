@@ -43,6 +43,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import lra
 from experiments import data as data_lib
 from experiments import workdir as workdir_lib
+from experiments.configs.base import base_config
 from experiments.optim import make_optimizer
 from experiments.optim import schedule as schedule_fn
 from experiments.validation import validate_config
@@ -235,9 +236,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: in
             "collections": {**state["collections"], **{k: v for k, v in updates.items() if k in MUTABLE}},
             "opt_state": opt_state,
         }
-        # A step whose loss or gradients are not finite changes nothing but the step counter (the data moves on),
-        # so the state stays finite and a non-finite state is never checkpointed.
-        leaf_finite = jnp.stack([jnp.isfinite(loss)] + [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        # A step whose loss, gradients or new state (parameters, optimiser state, batch statistics) are not finite
+        # changes nothing but the step counter (the data moves on), so the state stays finite and a non-finite
+        # state is never checkpointed. A huge learning rate makes the new parameters non-finite while loss and
+        # gradients are finite, so all three are checked. One vector of flags, fetched with the metrics: no extra
+        # host synchronisation. Layout: [loss, gradient per parameter leaf, new value per parameter leaf, the rest
+        # of the new state].
+        def all_finite(tree: Any) -> list[jax.Array]:
+            return [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+
+        rest = {"collections": updated["collections"], "opt_state": updated["opt_state"]}
+        leaf_finite = jnp.stack([jnp.isfinite(loss), *all_finite(grads), *all_finite(updated["params"]),
+                                 jnp.all(jnp.stack(all_finite(rest) or [jnp.array(True)]))])
         finite = jnp.all(leaf_finite)
         new_state = {"step": state["step"] + 1,
                      **jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
@@ -254,6 +264,24 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: in
         return new_state, metrics
 
     return train_step
+
+
+def describe_nonfinite(leaf_finite: np.ndarray, param_names: list[str]) -> str:
+    """Names what a train step found non-finite, from its `leaf_finite` flags (layout in make_train_step)."""
+    n = len(param_names)
+    loss_ok, grads_ok, params_ok, rest_ok = leaf_finite[0], leaf_finite[1:1 + n], leaf_finite[1 + n:1 + 2 * n], \
+        leaf_finite[1 + 2 * n]
+    if not loss_ok or not grads_ok.all():
+        bad = [name for name, ok in zip(param_names, grads_ok) if not ok]
+        return (f"{'non-finite' if not loss_ok else 'finite'} loss, first non-finite gradient: "
+                f"{bad[0] if bad else 'none'}")
+    bad = [name for name, ok in zip(param_names, params_ok) if not ok]
+    if bad:
+        return (f"finite loss and gradients, but the update made parameter {bad[0]} non-finite (a learning rate "
+                "too large for the parameters' dtype?)")
+    if not rest_ok:
+        return "finite loss, gradients and parameters, but the new optimiser state or batch statistics are not"
+    return "all finite"
 
 
 def make_eval_step(model: nn.Module, prepare: Prepare) -> Callable[[State, dict], dict]:
@@ -303,6 +331,33 @@ class DataParallel:
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    """One flag: every leaf of `tree` is finite (integers always are)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or [jnp.array(True)]))
+
+
+META_DEFAULTS = {"best_val_accuracy": -1.0, "best_step": -1, "wall_seconds": 0.0}
+
+
+def checked_meta(meta: Any, where: str) -> dict:
+    """A checkpoint's meta record with its keys filled in (a warning for each missing one); CheckpointError when it
+    is not a record of numbers (the checkpoint is then treated as damaged)."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: its meta item is {type(meta).__name__}, not a record")
+    out = dict(META_DEFAULTS)
+    for key, default in META_DEFAULTS.items():
+        if key not in meta:
+            logging.warning("%s: its meta item lacks %r; using %r", where, key, default)
+            continue
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CheckpointError(f"{where}: its meta item has {key}={value!r}, not a finite number")
+        out[key] = value
+    out["best_step"] = int(out["best_step"])
+    return out
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the run stops at once, keeping the last good checkpoint."""
 
@@ -333,6 +388,7 @@ class Checkpoints:
                                          item_names=("state", "meta"))
 
         self.workdir = workdir
+        self.read_only = read_only
         self.latest = manager("checkpoints", keep)
         self.best = manager("best", 1)
         self._pending: list[tuple[ocp.CheckpointManager, int]] = []  # saves started, not yet checked
@@ -343,6 +399,9 @@ class Checkpoints:
 
     def _save(self, manager: ocp.CheckpointManager, step: int, state: State, meta: dict) -> None:
         self.poll()
+        if not bool(_all_finite(state)):
+            raise NonFiniteError(f"refusing to save the checkpoint of step {step} in {manager.directory}: the state "
+                                 f"holds non-finite values; {self._last_good()}")
         try:
             manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                        meta=ocp.args.JsonSave(meta)), force=True)
@@ -390,17 +449,49 @@ class Checkpoints:
     def _restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[State, dict]:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["meta"])
+        where = f"checkpoint {epath.Path(manager.directory) / str(step)}"
+        return restored["state"], checked_meta(restored["meta"], where)
+
+    def _move_aside(self, manager: ocp.CheckpointManager, steps: list[int]) -> None:
+        """Renames damaged checkpoints to <step>.damaged (kept for inspection; orbax no longer sees them)."""
+        if jax.process_index() == 0:
+            for step in steps:
+                source = epath.Path(manager.directory) / str(step)
+                target = epath.Path(manager.directory) / f"{step}.damaged"
+                if target.exists():
+                    target = epath.Path(manager.directory) / f"{step}.damaged.{int(time.time())}"
+                source.rename(target)
+                logging.warning("moved the damaged checkpoint %s aside to %s", source, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"move_aside_{manager.directory}")
+        manager.reload()
+
+    def _restore_newest(self, manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[State, dict] | None:
+        """The newest readable checkpoint of `manager`; damaged newer ones are moved aside once an older one has
+        been read (so a wrong abstract state, which fails every step, deletes or moves nothing). CheckpointError
+        naming each step's error when none can be read."""
+        damaged: list[tuple[int, str]] = []
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                restored = self._restore(manager, step, abstract_state)
+            except Exception as error:  # a damaged checkpoint: say so and try the previous one
+                logging.warning("checkpoint at step %d in %s cannot be restored (%s: %s); trying an older one",
+                                step, manager.directory, type(error).__name__, str(error)[:500])
+                damaged.append((step, f"{type(error).__name__}: {str(error)[:200]}"))
+                continue
+            if damaged and not self.read_only:
+                self._move_aside(manager, [s for s, _ in damaged])
+            return restored
+        if damaged:
+            raise CheckpointError(
+                f"no checkpoint in {manager.directory} can be restored (" +
+                "; ".join(f"step {s}: {e}" for s, e in damaged) + "); nothing was moved or deleted. If they were "
+                "written by another model or config, use another --workdir")
+        return None
 
     def restore_latest(self, abstract_state: Any) -> tuple[State, dict] | None:
-        """The newest readable checkpoint (state, meta), or None when there is none."""
-        for step in sorted(self.latest.all_steps(), reverse=True):
-            try:
-                return self._restore(self.latest, step, abstract_state)
-            except Exception as error:  # a damaged checkpoint: say so and fall back to the previous one
-                logging.warning("checkpoint at step %d in %s cannot be restored (%s: %s); trying an older one",
-                                step, self.latest.directory, type(error).__name__, error)
-        return None
+        """The newest readable checkpoint (state, meta), or None when there is none (see _restore_newest)."""
+        return self._restore_newest(self.latest, abstract_state)
 
     def restore_step(self, step: int, abstract_state: Any) -> tuple[State, dict]:
         if step not in self.latest.all_steps():
@@ -409,8 +500,8 @@ class Checkpoints:
         return self._restore(self.latest, step, abstract_state)
 
     def restore_best(self, abstract_state: Any) -> tuple[State, dict] | None:
-        step = self.best.latest_step()
-        return None if step is None else self._restore(self.best, step, abstract_state)
+        """The best checkpoint, or None when there is none; CheckpointError when it cannot be read."""
+        return self._restore_newest(self.best, abstract_state)
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -455,14 +546,71 @@ class MetricWriter:
         self.tensorboard = SummaryWriter(str(workdir_lib.path(workdir, "tensorboard")), purge_step=resume_step or None)
 
     def _drop_records_after(self, step: int) -> None:
-        """On resume, records written after the restored checkpoint are replaced by the rerun's."""
+        """On resume, records written after the restored checkpoint (and any test record, which the rerun writes
+        again at its end) are replaced by the rerun's.
+
+        The file is read as bytes and repaired: a torn last line (a kill or a full disk mid-write) is dropped with
+        a warning naming the byte offset; a record of unknown shape is dropped with a warning; damage before the
+        last line stops the run (WorkdirError naming the file and line), since records would be lost. The kept
+        records are written to a temporary file in the same directory, synced, and renamed over the old one, so a
+        kill at any moment leaves either the old file or the new one, never less than every record up to `step`.
+        """
         if not self.path.exists():
             return
-        self.lines = [line + "\n" for line in self.path.read_text().splitlines()
-                      if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(self.lines))
-        if not self.remote:
-            self.lines = []
+        data = self.path.read_bytes()
+        raw_lines = data.split(b"\n")
+        kept: list[str] = []
+        changed = False
+        offset = 0
+        for number, raw in enumerate(raw_lines, start=1):
+            line_offset, offset = offset, offset + len(raw) + 1
+            is_last = number == len(raw_lines) or (number == len(raw_lines) - 1 and raw_lines[-1] == b"")
+            if not raw.strip():
+                changed |= bool(raw)
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                if is_last:  # an interrupted write (a kill, a full disk)
+                    logging.warning("%s: dropping the damaged last line (byte offset %d, %d bytes: %s)", self.path,
+                                    line_offset, len(raw), error)
+                    changed = True
+                    continue
+                raise workdir_lib.WorkdirError(
+                    f"{self.path}, line {number} (byte offset {line_offset}) is damaged ({type(error).__name__}); "
+                    "records after it would be lost: repair or remove that line, then restart") from None
+            if not (isinstance(record, dict) and isinstance(record.get("step"), int)
+                    and isinstance(record.get("split"), str)):
+                logging.warning("%s, line %d: skipping a record of unknown shape: %.200s", self.path, number,
+                                raw.decode("utf-8", "replace"))
+                changed = True
+                continue
+            if record["step"] > step or record["split"] == "test":
+                changed = True
+                continue
+            kept.append(raw.decode("utf-8") + "\n")
+        if data and not data.endswith(b"\n"):
+            changed = True
+        if changed:
+            self._replace("".join(kept))
+        self.lines = kept if self.remote else []
+
+    def _replace(self, text: str) -> None:
+        if self.remote:  # object stores replace an object atomically
+            self.path.write_text(text)
+            return
+        path = str(self.path)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        directory = os.open(os.path.dirname(path), os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -560,9 +708,18 @@ def check_and_save_config(config: ml_collections.ConfigDict, workdir: str) -> No
     """
     current = json.loads(config.to_json())
     saved = workdir_lib.read_json(workdir, "config.json")
+    if saved is None:
+        steps = workdir_lib.checkpoint_steps(workdir) + workdir_lib.checkpoint_steps(workdir, "best")
+        if steps:
+            raise ConfigMismatchError(
+                f"{workdir} holds checkpoints (steps {sorted(set(steps))}) but no config.json, so nothing says which "
+                "model they belong to; nothing was touched. Use another --workdir, or restore its config.json")
     if saved is not None:
         old, new = _flatten(saved), _flatten(current)
-        differing = sorted(k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>"))
+        # A key that a newer version of the schema added, at its default value, changes nothing.
+        defaults = _flatten(json.loads(base_config().to_json()))
+        differing = sorted(k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>")
+                           and not (k not in old and k in defaults and new.get(k) == defaults[k]))
         if not differing:
             return
         details = "; ".join(f"{k}: saved {old.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}"
@@ -702,6 +859,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
     abstract_state = _abstract_state(model, config, spec)
     check_workdir(workdir)
     if is_writer:  # before the data are read or generated (Path-X: an hour), not at the first checkpoint
+        workdir_lib.WorkdirLock(workdir).check()  # another live trainer: fail now, not after reading the data
         check_checkpoint_space(workdir, abstract_state, config.train.keep_checkpoints)
 
     splits = data_lib.load_splits(config)  # every data error surfaces here, before compilation
@@ -710,6 +868,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
                              process_index=jax.process_index(), process_count=jax.process_count())
 
     prepare_workdir(workdir)
+    lock = workdir_lib.WorkdirLock(workdir)
+    if is_writer:  # the first write into the workdir; held until the run ends
+        lock.acquire()
+    try:
+        return _start_and_train(config, workdir, spec, model, splits, batches, parallel, progress, start_time)
+    finally:
+        if is_writer:
+            lock.release()
+
+
+def _start_and_train(config: ml_collections.ConfigDict, workdir: str, spec: lra.TaskSpec, model: nn.Module,
+                     splits: dict[str, lra.Split], batches: BatchSchedule, parallel: DataParallel,
+                     progress: bool | None, start_time: float) -> dict[str, Any]:
+    """train_and_evaluate once the workdir is locked: config.json, state, restore, the loop, results.json."""
+    is_writer = jax.process_index() == 0
+    train_split = splits["train"]
     check_and_save_config(config, workdir)
     state, tx, labels = create_state(model, config, spec)
     state = parallel.replicate(state)
@@ -721,19 +895,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
                  spec.seq_len, batches.steps_per_epoch)
 
     checkpoints = Checkpoints(workdir, config.train.keep_checkpoints)
-    meta = {"best_val_accuracy": -1.0, "best_step": -1, "wall_seconds": 0.0}
-    restored = checkpoints.restore_latest(abstract_state)
+    meta = dict(META_DEFAULTS)
+    try:
+        restored = checkpoints.restore_latest(abstract_state)
+    except BaseException:
+        checkpoints.abort()
+        raise
     if restored is not None:
         state, meta = restored
     start_step = int(state["step"])
     num_steps = config.train.num_steps
+    if start_step >= num_steps:  # a finished run started again: its results, without a second test or wall time
+        saved = workdir_lib.read_json(workdir, "results.json")
+        if isinstance(saved, dict) and saved.get("steps") == start_step:
+            checkpoints.close()
+            logging.info("the run in %s finished at step %d; its results.json is printed again (raise "
+                         "--config.train.num_steps to extend it)", workdir, start_step)
+            if is_writer:
+                workdir_lib.write_status(workdir, "finished", start_step)
+            return saved
     show = Progress(start_step, num_steps, progress)
     show.say("workdir %s: %s", workdir, f"resumed from the checkpoint at step {start_step}" if restored is not None
              else "a new run")
     if is_writer:
         workdir_lib.write_status(workdir, "running", start_step)
-    writer = MetricWriter(workdir, start_step, enabled=is_writer)
+    writer = None
     try:
+        writer = MetricWriter(workdir, start_step, enabled=is_writer)
         results = _train(config, workdir, spec, model, tx, labels, state, meta, splits, batches, checkpoints,
                          writer, parallel, show, start_time)
     except Preempted as stopped:
@@ -742,7 +930,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
         raise
     except BaseException as error:
         checkpoints.abort()  # let running saves end and orbax's threads stop, so that the process can exit
-        writer.close()
+        if writer is not None:
+            writer.close()
         if is_writer:
             with contextlib.suppress(Exception):
                 workdir_lib.write_status(workdir, "failed", -1, f"{type(error).__name__}: {error}")
@@ -791,23 +980,31 @@ def _train(config: ml_collections.ConfigDict, workdir: str, spec: lra.TaskSpec, 
     lr_schedule = schedule_fn(config.optim.lr, config.optim, num_steps)
     param_names = [f"{jax.tree_util.keystr(path)} (group {group!r})"
                    for path, group in jax.tree_util.tree_flatten_with_path(labels)[0]]
-    skipped = 0
+    skipped = in_a_row = 0
+    max_in_a_row = config.train.get("max_consecutive_skips", 10)
     stop = StopRequest()
     with stop.installed():
         for step in range(start_step + 1, num_steps + 1):
             state, metrics = train_step(state, parallel.put_batch(batches.batch(train_split, step - 1)))
             leaf_finite = np.asarray(metrics.pop("leaf_finite"))
             if not leaf_finite.all():
-                bad = [name for name, ok in zip(param_names, leaf_finite[1:]) if not ok]
-                what = (f"{'non-finite' if not leaf_finite[0] else 'finite'} loss, first non-finite gradient: "
-                        f"{bad[0] if bad else 'none'}")
+                what = describe_nonfinite(leaf_finite, param_names)
                 if config.train.nonfinite == "stop":
                     checkpoints.wait()
                     raise NonFiniteError(
                         f"step {step}: {what}. The update was not applied and the checkpoints in {workdir} hold "
                         "finite values; --config.train.nonfinite=skip skips such steps instead")
                 skipped += 1
-                logging.warning("step %d skipped (%s); %d skipped so far", step, what, skipped)
+                in_a_row += 1
+                logging.warning("step %d skipped (%s); %d skipped so far, %d in a row", step, what, skipped, in_a_row)
+                if in_a_row >= max_in_a_row:
+                    checkpoints.wait()
+                    raise NonFiniteError(
+                        f"step {step}: {in_a_row} steps in a row were skipped as non-finite (the last: {what}); "
+                        f"stopping (train.max_consecutive_skips={max_in_a_row}). The checkpoints in {workdir} hold "
+                        "finite values; lower the learning rate or check the data")
+            else:
+                in_a_row = 0
             window.append(metrics)
             if step % config.train.log_every == 0 or step == num_steps:
                 means = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
@@ -839,9 +1036,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, spec: lra.TaskSpec, 
     if meta["best_step"] < 0:  # no validation happened (num_steps == 0)
         run_validation(final_step)
         checkpoints.wait()
-    best = checkpoints.restore_best(abstract_state)
+    try:
+        best = checkpoints.restore_best(abstract_state)
+    except CheckpointError as error:  # the run itself is intact: test its final state rather than nothing
+        logging.warning("%s; testing the final state (step %d) instead of the best one", error, final_step)
+        best = None
+    tested_step = int(best[0]["step"]) if best is not None else final_step
     best_state = best[0] if best is not None else state
     test = evaluate(eval_step, best_state, splits["test"], config, parallel)
+    if not all(math.isfinite(v) for v in test.values()):
+        raise NonFiniteError(f"the test of step {tested_step} gave non-finite metrics {test}: the model's outputs "
+                             f"are not finite (the checkpoints in {workdir} hold finite values; lower the learning "
+                             "rate or check the data)")
     writer.write(final_step, "test", test)
     checkpoints.close()
     writer.close()
@@ -853,6 +1059,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, spec: lra.TaskSpec, 
         "mixer": config.model.mixer,
         "steps": final_step,
         "best_step": int(meta["best_step"]),
+        "tested_step": tested_step,
         "val_accuracy": float(meta["best_val_accuracy"]),
         "test_accuracy": float(test["accuracy"]),
         "test_loss": float(test["loss"]),
@@ -904,7 +1111,10 @@ def evaluate_run(workdir: str, split: str = "test", checkpoint: str = "best") ->
     checkpoints = Checkpoints(workdir, config.train.keep_checkpoints, read_only=True)
     try:
         if checkpoint == "best":
-            restored = checkpoints.restore_best(abstract_state)
+            try:
+                restored = checkpoints.restore_best(abstract_state)
+            except CheckpointError as error:
+                raise CheckpointError(f"{error}; --checkpoint=latest evaluates the newest checkpoint instead") from None
             if restored is None:
                 raise CheckpointError(f"{workdir} holds no best checkpoint (no validation ran); use "
                                       "--checkpoint=latest")

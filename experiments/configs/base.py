@@ -85,5 +85,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 250
     c.train.keep_checkpoints = 2
     c.train.log_every = 50
-    c.train.nonfinite = "stop"         # non-finite loss/gradients: "stop" (name the step and parameter) or "skip"
+    c.train.nonfinite = "stop"         # non-finite loss/gradients/update: "stop" (name step and parameter) or "skip"
+    c.train.max_consecutive_skips = 10  # with "skip": stop after this many non-finite steps in a row
     return c
