@@ -15,7 +15,19 @@ one of three ways (chosen at random, --seed):
                       being written) appears in checkpoints/ or best/; the k-th write after the launch is aimed
                       at, k random over the writes left, so a cycle still progresses;
   sigterm             SIGTERM at a random moment as for sigkill_random (a preemption): the trainer should save
-                      the current step and exit with 128 + 15 within --sigterm_timeout seconds.
+                      the current step and exit with 128 + 15 within --sigterm_timeout seconds;
+  sigkill_rewrite     SIGKILL the moment the trainer's temporary metrics file (`metrics.jsonl.tmp.*`, the
+                      rewrite that drops records after the checkpointed step on resume) appears; if none
+                      appears before the first step, at a random moment as for sigkill_random.
+
+Besides the kills, faults are injected between launches (--fault_fraction of the launches, one at random):
+  torn_line           a partial record appended to metrics.jsonl (a write cut short by a full disk): the next
+                      launch must drop it with a warning;
+  damaged_checkpoint  the newest complete checkpoint loses its arrays (only when an older one exists): the next
+                      launch must move it aside (<step>.damaged) and resume from the older one;
+  contention          two launches started at once on the same workdir (a double submission): exactly one must
+                      train on, the other must exit non-zero naming the lock's holder.
+Every SIGKILL also leaves the workdir's lock behind, which the next launch must take over as stale.
 
 Restarts load the executables the reference run compiled from JAX's persistent compilation cache
 (<workdir>/jax_cache; --nocompilation_cache to compile every time), so a restart takes seconds.
@@ -55,16 +67,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_MARKER = ".orbax-checkpoint-tmp"
 CHECKPOINT_DIRS = ("checkpoints", "best")
 TIMING_KEYS = ("steps_per_second", "wall_seconds")  # the only values allowed to differ from the reference
-KINDS = ("sigkill_random", "sigkill_checkpoint", "sigterm")
+KINDS = ("sigkill_random", "sigkill_checkpoint", "sigterm", "sigkill_rewrite")
+INJECTED = ("torn_line", "damaged_checkpoint", "contention")
 # resume: a launch exited non-zero without being stopped, or trained from step 0 beside a checkpoint; sigterm: a
 # SIGTERM in the training loop without a checkpoint of the stopping step; hang: a launch did not exit in time;
 # damaged_checkpoint: restore skipped an unreadable checkpoint; leftover_tmp: orbax temporary directories left
 # after a finished cycle; unfinished: 3 failed launches in a row.
-FAILURE_KINDS = ("resume", "sigterm", "hang", "damaged_checkpoint", "leftover_tmp", "unfinished")
+FAILURE_KINDS = ("resume", "sigterm", "hang", "damaged_checkpoint", "leftover_tmp", "unfinished", "torn_line",
+                 "lock")
 _RESUMED = re.compile(r"resumed from the checkpoint at step (\d+)")
 _STOPPED = re.compile(r"stopped by SIGTERM at step (\d+)")
 _STEP = re.compile(r"step (\d+)/\d+ loss")
-_DAMAGED = "cannot be restored"
+_DAMAGED = re.compile(r"checkpoint at step (\d+) in \S*?checkpoints cannot be restored")
+_MOVED = re.compile(r"moved the damaged checkpoint \S*/checkpoints/(\d+) aside")
+_TORN = "dropping the damaged last line"
+_STALE = "taking over the stale lock"
+_BUSY = "is in use by process"
+REWRITE_MARKER = "metrics.jsonl.tmp."
 STARTUP_SHARE = 0.15  # of the random stops: during start-up (imports, data, compilation, restore)
 POLL_SECONDS = 0.005
 
@@ -81,6 +100,8 @@ class SoakOptions:
     seed: int = 0
     sigterm_fraction: float = 0.25  # of the stops: SIGTERM; the rest are SIGKILLs
     aimed_fraction: float = 0.5  # of the SIGKILLs: aimed at a checkpoint write
+    rewrite_fraction: float = 0.2  # of the SIGKILLs not aimed at a checkpoint write: aimed at the metrics rewrite
+    fault_fraction: float = 0.3  # of the launches: preceded by an injected fault (INJECTED, one at random)
     max_kills: int = 0  # 0: no limit (the wall time decides)
     max_launches_per_cycle: int = 200  # after that, the cycle's next launch is left to finish
     sigterm_timeout: float = 60.0
@@ -248,6 +269,14 @@ class Cycle:
     def fail(self, kind: str, message: str) -> None:
         self.failures.append({"kind": kind, "message": message})
     damaged_checkpoints_skipped: int = 0
+    injected: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(INJECTED, 0))
+    hit_metrics_rewrite: int = 0  # sigkill_rewrite kills that landed while the temporary metrics file existed
+    torn_lines_dropped: int = 0
+    damaged_moved_aside: int = 0
+    stale_locks_taken_over: int = 0
+    contention_refused: int = 0  # the second of two simultaneous launches exited naming the lock's holder
+    pending_damage: list[int] = dataclasses.field(default_factory=list)  # injected, not yet moved aside
+    pending_torn: int = 0
     finished: bool = False
     comparison: dict[str, Any] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
@@ -388,9 +417,96 @@ class Soak:
             time.sleep(0.001)
         return False
 
+    def _kill_during_rewrite(self, launch: Launch, cycle: Cycle) -> tuple[bool, bool]:
+        """SIGKILL the moment a temporary metrics file appears (the rewrite on resume); failing that, at a random
+        moment. Returns (sent, hit the rewrite)."""
+        deadline = time.time() + self.options.launch_timeout
+        while launch.alive() and time.time() < deadline:
+            try:
+                names = os.listdir(cycle.workdir)
+            except OSError:
+                names = []
+            if any(REWRITE_MARKER in name for name in names):
+                launch.signal(signal.SIGKILL)
+                return True, True
+            if launch.progress() > 0:  # the start-up is over without a rewrite
+                return self._stop_at_random_moment(launch, cycle, signal.SIGKILL), False
+            time.sleep(0.0005)
+        return False, False
+
+    def _inject(self, cycle: Cycle) -> str | None:
+        """Before a launch: a torn metrics line or a damaged newest checkpoint (see the module docstring)."""
+        choices = []
+        metrics = os.path.join(cycle.workdir, "metrics.jsonl")
+        if os.path.exists(metrics):
+            choices.append("torn_line")
+        steps = complete_steps(cycle.workdir)
+        if len(steps) >= 2:
+            choices.append("damaged_checkpoint")
+        choices.append("contention")
+        kind = self.rng.choice(choices)
+        if kind == "torn_line":
+            with open(metrics, "a") as f:
+                f.write('{"step": 99999, "split": "train", "loss": 0.12')  # no newline: cut short
+            cycle.pending_torn += 1
+        elif kind == "damaged_checkpoint":
+            shutil.rmtree(os.path.join(cycle.workdir, "checkpoints", str(steps[-1]), "state"), ignore_errors=True)
+            cycle.pending_damage.append(steps[-1])
+        cycle.injected[kind] += 1
+        return kind
+
+    def _contention(self, cycle: Cycle) -> bool:
+        """Two launches at once on one workdir: one must train on and finish, the other exit naming the holder.
+        Returns True when the cycle failed to progress."""
+        first, second = self._launch(cycle.workdir), self._launch(cycle.workdir)
+        cycle.launches += 2
+        codes = [launch.wait(self.options.launch_timeout) for launch in (first, second)]
+        for launch, code in zip((first, second), codes):
+            if code is None:
+                launch.signal(signal.SIGKILL)
+                cycle.fail("hang", f"launch {self.launch_count}: a contention launch did not finish "
+                                   f"({launch.err_path})")
+                return True
+        errs = [first.stderr(), second.stderr()]
+        for err in errs:
+            self._account(cycle, err)
+        busy = [code != 0 and _BUSY in err for code, err in zip(codes, errs)]
+        if codes.count(0) == 1 and busy.count(True) == 1:
+            cycle.contention_refused += 1
+            cycle.finished = True
+            return False
+        if codes.count(0) == 2 and any("finished at step" in err for err in errs):
+            cycle.finished = True  # the run had finished already: the second found it finished (no contention)
+            return False
+        cycle.fail("lock", f"launches {self.launch_count - 1} and {self.launch_count} on one workdir exited "
+                           f"{codes}; expected one 0 and one refusal naming the lock's holder "
+                           f"({first.err_path}, {second.err_path})")
+        return True
+
+    def _account(self, cycle: Cycle, err: str) -> int:
+        """Counts the repairs a launch reports (injected faults handled, stale locks); returns the number of
+        damaged checkpoints it skipped that were NOT injected (a failure: writes are meant to be atomic)."""
+        moved = [int(step) for step in _MOVED.findall(err)]
+        for step in moved:
+            if step in cycle.pending_damage:
+                cycle.pending_damage.remove(step)
+                cycle.damaged_moved_aside += 1
+        skipped = [int(step) for step in _DAMAGED.findall(err)]
+        cycle.damaged_checkpoints_skipped += len(skipped)
+        unexpected = [step for step in skipped if step not in moved and step not in cycle.pending_damage]
+        torn = err.count(_TORN)
+        if torn and cycle.pending_torn:
+            cycle.torn_lines_dropped += min(torn, cycle.pending_torn)
+            cycle.pending_torn = 0
+        cycle.stale_locks_taken_over += err.count(_STALE)
+        return len(unexpected)
+
     def one_launch(self, cycle: Cycle, kill: bool) -> bool:
         """Launches once and stops the launch (if `kill`); returns True when the launch failed by itself."""
         options = self.options
+        if kill and self.rng.random() < options.fault_fraction:
+            if self._inject(cycle) == "contention":
+                return self._contention(cycle)
         before_tmp = tmp_dirs(cycle.workdir)
         had_checkpoint = bool(complete_steps(cycle.workdir))
         launch = self._launch(cycle.workdir)
@@ -398,14 +514,20 @@ class Soak:
         kind = None
         if kill:
             roll = self.rng.random()
-            kind = "sigterm" if roll < options.sigterm_fraction else (
-                "sigkill_checkpoint" if self.rng.random() < options.aimed_fraction else "sigkill_random")
-        sent = False
+            if roll < options.sigterm_fraction:
+                kind = "sigterm"
+            elif self.rng.random() < options.aimed_fraction:
+                kind = "sigkill_checkpoint"
+            else:
+                kind = "sigkill_rewrite" if self.rng.random() < options.rewrite_fraction else "sigkill_random"
+        sent = hit_rewrite = False
         if kind in ("sigkill_random", "sigterm"):
             sent = self._stop_at_random_moment(launch, cycle,
                                                signal.SIGKILL if kind == "sigkill_random" else signal.SIGTERM)
         elif kind == "sigkill_checkpoint":
             sent = self._kill_during_checkpoint_write(launch, cycle, before_tmp)
+        elif kind == "sigkill_rewrite":
+            sent, hit_rewrite = self._kill_during_rewrite(launch, cycle)
         if launch.first_step_seconds is not None:
             self.startup_seconds = launch.first_step_seconds
         timeout = options.sigterm_timeout if kind == "sigterm" and sent else options.launch_timeout
@@ -416,22 +538,25 @@ class Soak:
             launch.signal(signal.SIGKILL)
             code = launch.wait()
         err = launch.stderr()
-        hit = sent and kind != "sigterm" and bool(tmp_dirs(cycle.workdir) - before_tmp)
+        hit = sent and kind not in ("sigterm", "sigkill_rewrite") and bool(tmp_dirs(cycle.workdir) - before_tmp)
         resumed = [int(s) for s in _RESUMED.findall(err)]
         cycle.events.append({"launch": self.launch_count, "stop": kind if sent else None, "resumed_from": resumed,
                              "last_step": launch.progress(), "exit": code,
-                             "seconds": round(time.time() - launch.started, 2), "cut_checkpoint_write": hit})
+                             "seconds": round(time.time() - launch.started, 2), "cut_checkpoint_write": hit,
+                             "cut_metrics_rewrite": hit_rewrite})
         cycle.resumed_from += resumed
-        damaged = err.count(_DAMAGED)
-        cycle.damaged_checkpoints_skipped += damaged
-        if damaged:
-            cycle.fail("damaged_checkpoint", f"launch {self.launch_count}: restore skipped {damaged} damaged "
-                                             f"checkpoint(s) ({launch.err_path})")
+        unexpected = self._account(cycle, err)
+        if unexpected:
+            cycle.fail("damaged_checkpoint", f"launch {self.launch_count}: restore skipped {unexpected} damaged "
+                                             f"checkpoint(s) that no fault had damaged ({launch.err_path})")
         if had_checkpoint and _STEP.search(err) and not _RESUMED.search(err):
             cycle.fail("resume", f"launch {self.launch_count}: trained from scratch although the workdir held "
                                  f"checkpoints {complete_steps(cycle.workdir)} ({launch.err_path})")
         if code == 0:
             cycle.finished = True
+            if cycle.pending_torn:
+                cycle.fail("torn_line", f"launch {self.launch_count}: an injected torn metrics line was not "
+                                        f"reported as dropped ({launch.err_path})")
             return False
         if sent:
             cycle.kills[kind] += 1
@@ -447,6 +572,8 @@ class Soak:
                     return True
             elif hit:
                 cycle.hit_checkpoint_write += 1
+            elif hit_rewrite:
+                cycle.hit_metrics_rewrite += 1
             return False
         last_line = err.strip().splitlines()[-1] if err.strip() else ""
         cycle.fail("resume", f"launch {self.launch_count}: exit {code} without being stopped: {last_line} "
@@ -471,6 +598,12 @@ class Soak:
             "restarts": sum(max(c.launches - 1, 0) for c in self.cycles),
             "resumes": sum(len(c.resumed_from) for c in self.cycles),
             "damaged_checkpoints_skipped": sum(c.damaged_checkpoints_skipped for c in self.cycles),
+            "injected": {kind: sum(c.injected[kind] for c in self.cycles) for kind in INJECTED},
+            "hit_metrics_rewrite": sum(c.hit_metrics_rewrite for c in self.cycles),
+            "torn_lines_dropped": sum(c.torn_lines_dropped for c in self.cycles),
+            "damaged_moved_aside": sum(c.damaged_moved_aside for c in self.cycles),
+            "stale_locks_taken_over": sum(c.stale_locks_taken_over for c in self.cycles),
+            "contention_refused": sum(c.contention_refused for c in self.cycles),
             "failures": sum(len(c.failures) for c in self.cycles),
             "failures_by_kind": {kind: sum(f["kind"] == kind for c in self.cycles for f in c.failures)
                                  for kind in FAILURE_KINDS},
@@ -501,7 +634,11 @@ def summary(report: dict[str, Any]) -> str:
         f"{t['restarts']}, resumes from a checkpoint {t['resumes']}",
         f"  kills: {t['kills']} = {t['kills_by_kind']['sigkill_random']} SIGKILL at random + "
         f"{t['kills_by_kind']['sigkill_checkpoint']} SIGKILL aimed at a checkpoint write + {t['sigterms']} SIGTERM",
-        f"  SIGKILLs that cut a checkpoint write short: {t['hit_checkpoint_write']}",
+        f"  SIGKILLs that cut a checkpoint write short: {t['hit_checkpoint_write']}; that landed in the metrics "
+        f"rewrite: {t['hit_metrics_rewrite']} (of {t['kills_by_kind']['sigkill_rewrite']} aimed at it)",
+        f"  injected: {t['injected']}; repaired: torn lines dropped {t['torn_lines_dropped']}, damaged "
+        f"checkpoints moved aside {t['damaged_moved_aside']}, double launches refused {t['contention_refused']}, "
+        f"stale locks taken over {t['stale_locks_taken_over']}",
         f"  SIGTERMs: {t['sigterm_saved_and_exited']} saved the step and exited 143, {t['sigterm_before_handler']} "
         "arrived outside the training loop (default action)",
         f"  damaged checkpoints skipped on restore: {t['damaged_checkpoints_skipped']}; failures to resume: "
@@ -530,6 +667,10 @@ def define_flags() -> None:
     flags.DEFINE_float("sigterm_fraction", SoakOptions.sigterm_fraction, "Share of stops that are SIGTERM.")
     flags.DEFINE_float("aimed_fraction", SoakOptions.aimed_fraction,
                       "Share of SIGKILLs aimed at a checkpoint write.")
+    flags.DEFINE_float("rewrite_fraction", SoakOptions.rewrite_fraction,
+                      "Share of the other SIGKILLs aimed at the metrics rewrite on resume.")
+    flags.DEFINE_float("fault_fraction", SoakOptions.fault_fraction,
+                      "Share of launches preceded by an injected fault (torn line, damaged checkpoint, contention).")
     flags.DEFINE_integer("max_kills", 0, "Stop killing after this many kills (0: only the wall time).")
     flags.DEFINE_bool("fast_compile", False, "Run the trainer with XLA's optimisations off.")
     flags.DEFINE_bool("compilation_cache", True, "Share JAX's persistent compilation cache between launches "
@@ -547,6 +688,7 @@ def main(argv: list[str]) -> None:
         workdir=os.path.abspath(f.workdir), wall_seconds=f.wall_seconds, num_steps=f.num_steps,
         checkpoint_every=f.checkpoint_every, eval_every=f.eval_every, seed=f.seed,
         sigterm_fraction=f.sigterm_fraction, aimed_fraction=f.aimed_fraction, max_kills=f.max_kills,
+        rewrite_fraction=f.rewrite_fraction, fault_fraction=f.fault_fraction,
         fast_compile=f.fast_compile, compilation_cache=f.compilation_cache, report=f.report,
         extra_flags=tuple(f.extra_flag))
     report = run_soak(options)

@@ -555,6 +555,12 @@ class MetricWriter:
         records are written to a temporary file in the same directory, synced, and renamed over the old one, so a
         kill at any moment leaves either the old file or the new one, never less than every record up to `step`.
         """
+        if not self.remote:  # temporary files of rewrites that a kill cut short (this process holds the lock)
+            directory = os.path.dirname(str(self.path))
+            for name in os.listdir(directory):
+                if name.startswith("metrics.jsonl.tmp."):
+                    logging.warning("removing %s, left by an interrupted rewrite", os.path.join(directory, name))
+                    os.remove(os.path.join(directory, name))
         if not self.path.exists():
             return
         data = self.path.read_bytes()
