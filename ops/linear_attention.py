@@ -17,11 +17,13 @@ default forms d^-2, which overflows float32 for any d < ~1e-19 (e.g. eps = 1e-30
 pad the last chunk), and inf times a zero cotangent is NaN.
 
 Per-key log scales (optional `key_log_scale` c, (B, L, H)): the key features are phi(k_j) exp(c_j). Keys of
-very different magnitudes (Performer's softmax features) are passed as phi(k_j) of order 1 plus c_j, and
-every sum is formed relative to the largest c among the keys in it: causal forms use the running max
-r_i = max_{j <= i} c_j (never looking ahead), weighting key j by exp(c_j - r_i) <= 1 and rescaling carried
-sums by exp(r_old - r_new) when the max grows (as in online softmax); the bidirectional form uses the max
-over all real keys. The scales cancel between numerator and denominator up to rounding.
+very different magnitudes (e.g. `ops.performer.softmax_key_features`) are passed as phi(k_j) of order 1 plus
+c_j, and every sum is formed relative to the largest c among the keys in it: causal forms use the running
+max r_i = max_{j <= i} c_j (never looking ahead), weighting key j by exp(c_j - r_i) <= 1 and rescaling
+carried sums by exp(r_old - r_new) when the max grows (as in online softmax); the bidirectional form uses the
+max over all real keys. The scales cancel between numerator and denominator up to rounding. Features of one
+key far below its own largest can still underflow, which is why Performer's attention uses the per-feature
+log-feature forms below instead.
 
 All sums accumulate in float32 (float64 for float64 inputs) whatever the input dtype, so bfloat16/float16
 activations cannot overflow the state sums (an LRA defect: anchors.md section 5).
@@ -34,9 +36,29 @@ Evaluation forms:
                    by `lax.scan`: O(B H L (C + F) Kv) time, O(B H (L C + (L / C) F Kv)) memory for autodiff.
   recurrent:       `linear_attention_step` on a `LinearAttentionState` (S, z): O(H F Kv) per token.
 
+Log features (`linear_attention_from_log_features`, for features exp(l) whose values span more than float32's
+range, like Performer's at large norms): everything is stabilised per feature. A key's feature f is stored
+as exp(l_jf - m_f), m_f a max of feature f over keys the query may see, and query i is weighted by
+exp(l_if + m_f - c_i) with c_i = max_f (l_if + R_if), R_if = max_{j <= i} l_jf (over all real keys when
+bidirectional). Every factor is <= 1, the (feature, key) pair that sets c_i contributes exactly exp(0) = 1,
+so each denominator is >= 1 whatever the norms, and all the stabilisers cancel exactly (stop-gradient).
+  bidirectional:   m_f = max over all real keys, as above.
+  causal "prefix": m = R_i (per feature, via `lax.cummax`), the rescaled recurrence by associative scan.
+  causal "chunked": across chunks, sums stored at the running per-feature max of the earlier chunks (rescaled
+                   by exp(m_old - m_new) as it grows, like online softmax). Inside a chunk, pairs j < i are
+                   split into dyadic block pairs (keys [2 m b, (2 m + 1) b), queries the next b positions),
+                   each a product with m_f = the max over its key block, which precedes all its queries: no
+                   query's weights ever depend on a later key, so the form is causal in floating point too.
+                   The chunk is padded to a power of two P; O(B H L (P (F + Kv) + F (Kv + log P))) time,
+                   the FLOPs of the masked quadratic chunk in log2 P smaller products, and L F log P exps;
+                   the chunk body is rematerialised under autodiff (memory O(B H L (F + Kv) + (L / C) F Kv)).
+  recurrent:       `log_feature_step` on a `LogFeatureState` (S, z, m): O(H F Kv) per token.
+
 A feature map is a callable `feature_map(x, *, is_query, mask) -> features` taking x (B, L, H, K), whether x
 are queries, and the key padding mask (B, L) (None for none); it returns (B, L, H, F). The simple maps here
-ignore the last two; Performer's (ops/performer.py) needs them for its stabilisers.
+ignore the last two; Performer's (ops/performer.py) needs them for its stabilisers. A map may also carry an
+attribute `log_features`, a callable x -> (B, L, H, F) giving log phi(x) up to an additive constant:
+`linear_attention` then uses `linear_attention_from_log_features` (Performer's softmax map does).
 """
 
 from __future__ import annotations
@@ -294,6 +316,176 @@ def _causal_chunked(
     return outs.reshape((batch, padded) + outs.shape[3:])[:, :length]
 
 
+def linear_attention_from_log_features(
+    log_phi_q: jax.Array,
+    log_phi_k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    causal: bool = False,
+    method: str = "chunked",
+    chunk_size: int = 64,
+    eps: float = DEFAULT_EPS,
+) -> jax.Array:
+    """Linear attention given log features: phi(q) = exp(log_phi_q) (B, Lq, H, F), phi(k) = exp(log_phi_k)
+    (B, L, H, F); v (B, L, H, Kv) -> (B, Lq, H, Kv) in v's dtype.
+
+    For features whose values span more than float32's range (Performer's exp features at large norms).
+    Stabilised per feature (see the module docstring): every stored feature is exp(log_phi - m) <= 1 with m
+    a max over keys the query may see, and every query's denominator is >= 1 (its largest term is exp(0))
+    whenever it sees a real key, so eps only decides the output of a query that sees none (0). Adding a
+    constant to all query or all key log features changes nothing. causal=True needs Lq = L; `method`
+    "chunked" (default) or "prefix". Log features must be finite; padded keys (mask False) are excluded.
+    """
+    _check_inputs(log_phi_q, log_phi_k, v, mask)
+    out_dtype, compute = v.dtype, _compute_dtype(log_phi_q, log_phi_k, v)
+    log_q, log_k, v = log_phi_q.astype(compute), log_phi_k.astype(compute), v.astype(compute)
+    if mask is not None:  # where, not multiply: padded values may hold anything (even inf)
+        keep = mask[:, :, None, None]
+        log_k, v = jnp.where(keep, log_k, -jnp.inf), jnp.where(keep, v, 0.0)
+    if not causal:
+        # M_f = max of feature f over the real keys; keys exp(l_jf - M_f), queries exp(l_if + M_f - c_i).
+        feature_max = lax.stop_gradient(_finite_or_zero(jnp.max(log_k, axis=1, keepdims=True)))  # (B, 1, H, F)
+        shifted = log_q + feature_max
+        query_max = lax.stop_gradient(jnp.max(shifted, axis=-1, keepdims=True))
+        return linear_attention_from_features(
+            jnp.exp(shifted - query_max), jnp.exp(log_k - feature_max), v, eps=eps
+        ).astype(out_dtype)
+    if log_q.shape[1] != log_k.shape[1]:
+        raise ValueError(
+            f"causal linear attention needs as many queries as keys, got {log_q.shape[1]} and {log_k.shape[1]}"
+        )
+    if method == "prefix":
+        out = _log_features_prefix(log_q, log_k, v, eps)
+    elif method == "chunked":
+        out = _log_features_chunked(log_q, log_k, v, chunk_size, eps)
+    else:
+        raise ValueError(f"unknown causal linear attention method {method!r}; expected 'chunked' or 'prefix'")
+    return out.astype(out_dtype)
+
+
+def _exp_below(log_x: jax.Array, reference: jax.Array) -> jax.Array:
+    """exp(log_x - reference) with exp(-inf) = 0 where the reference is -inf (no real key in it yet)."""
+    return jnp.exp(jnp.where(jnp.isfinite(reference), log_x - reference, -jnp.inf))
+
+
+def _query_weights(log_q: jax.Array, reference: jax.Array, query_max: jax.Array) -> jax.Array:
+    """exp(l_if + reference_f - c_i): <= 1 whenever reference_f <= R_if (keys the query may see); 0 for
+    reference -inf. query_max c (..., Q) broadcast over F."""
+    return jnp.exp(log_q + reference - query_max[..., None])
+
+
+def _log_features_prefix(log_q: jax.Array, log_k: jax.Array, v: jax.Array, eps: float) -> jax.Array:
+    """The causal "prefix" form of `linear_attention_from_log_features`: (B, L, H, F) x2, (B, L, H, Kv).
+
+    R_i = max_{j <= i} l_j per feature (`lax.cummax`); the sums S_i = sum_{j <= i} exp(l_j - R_i) v_j^T follow
+    S_i = exp(R_{i-1} - R_i) S_{i-1} + exp(l_i - R_i) v_i^T (factors <= 1), by `lax.associative_scan`.
+    O(B L H F Kv) time and memory.
+    """
+    running = lax.stop_gradient(lax.cummax(log_k, axis=1))  # R (B, L, H, F)
+    before = jnp.pad(running[:, :-1], [(0, 0), (1, 0), (0, 0), (0, 0)], constant_values=-jnp.inf)
+    decay = _exp_below(before, running)  # 0 while no real key (the sums are 0 then anyway)
+    keys = _exp_below(log_k, running)
+    pairs = keys[..., None] * v[..., None, :]  # (B, L, H, F, Kv)
+
+    def combine(earlier, later):
+        decay_a, pairs_a, keys_a = earlier
+        decay_b, pairs_b, keys_b = later
+        return decay_a * decay_b, pairs_a * decay_b[..., None] + pairs_b, keys_a * decay_b + keys_b
+
+    _, states, totals = lax.associative_scan(combine, (decay, pairs, keys), axis=1)
+    query_max = lax.stop_gradient(_finite_or_zero(jnp.max(log_q + running, axis=-1)))  # c (B, L, H)
+    weights = _query_weights(log_q, running, query_max)
+    numerator = jnp.einsum("blhf,blhfv->blhv", weights, states)
+    return _normalise(numerator, jnp.einsum("blhf,blhf->blh", weights, totals), eps)
+
+
+def _earlier_in_chunk(
+    log_q: jax.Array, log_k: jax.Array, v: jax.Array, query_max: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """sum_{j < i} sum_f exp(l_if + l_jf - c_i) (v_j, 1) within a chunk, by dyadic blocks.
+
+    log_q, log_k (B, H, P, F) with P a power of two, v (B, H, P, Kv), query_max c (B, H, P) ->
+    (numerator (B, H, P, Kv), denominator (B, H, P)). Every pair j < i lies in exactly one block pair
+    (keys [2 m b, (2 m + 1) b), queries [(2 m + 1) b, (2 m + 2) b)) for one b in 1, 2, ..., P / 2 (the
+    highest bit where i and j differ). The keys of a block pair all precede its queries, so their per-feature
+    max G_f is a max over keys every query there may see: keys exp(l_jf - G_f) <= 1, queries
+    exp(l_if + G_f - c_i) <= 1, and a key that sets a running max gets exactly 1. O(P F (log P + P) +
+    P^2 Kv) per chunk: the FLOPs of the masked (P, P) product, in log2(P) smaller products.
+    """
+    batch, heads, size = log_q.shape[:3]
+    numerator = jnp.zeros(v.shape, v.dtype)
+    denominator = jnp.zeros(query_max.shape, v.dtype)
+    block = 1
+    while block < size:
+        pairs = size // (2 * block)
+
+        def split(x: jax.Array) -> jax.Array:  # (B, H, P, ...) -> (B, H, pairs, 2, block, ...)
+            return x.reshape((batch, heads, pairs, 2, block) + x.shape[3:])
+
+        keys, values = split(log_k)[:, :, :, 0], split(v)[:, :, :, 0]
+        queries, tops = split(log_q)[:, :, :, 1], split(query_max)[:, :, :, 1]
+        key_max = lax.stop_gradient(jnp.max(keys, axis=3, keepdims=True))  # G (B, H, pairs, 1, F)
+        scores = jnp.einsum(
+            "bhnqf,bhnkf->bhnqk", _query_weights(queries, key_max, tops), _exp_below(keys, key_max)
+        )
+        upper = jnp.einsum("bhnqk,bhnkv->bhnqv", scores, values)
+        numerator = numerator + jnp.stack([jnp.zeros_like(upper), upper], axis=3).reshape(numerator.shape)
+        upper_sum = jnp.sum(scores, axis=-1)
+        denominator = denominator + jnp.stack([jnp.zeros_like(upper_sum), upper_sum], axis=3).reshape(
+            denominator.shape
+        )
+        block *= 2
+    return numerator, denominator
+
+
+def _log_features_chunked(
+    log_q: jax.Array, log_k: jax.Array, v: jax.Array, chunk_size: int, eps: float
+) -> jax.Array:
+    """The causal "chunked" form of `linear_attention_from_log_features` (see the module docstring)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    batch, length, heads, features = log_q.shape
+    chunk = min(chunk_size, length)
+    padded = -(-length // chunk) * chunk
+    size = 1 << (chunk - 1).bit_length()  # each chunk padded to a power of two for `_earlier_in_chunk`
+
+    def blocks(x: jax.Array, fill: float) -> jax.Array:  # (B, L, H, .) -> (L / C, B, H, P, .), padded
+        x = jnp.pad(x, [(0, 0), (0, padded - length), (0, 0), (0, 0)], constant_values=fill)
+        x = jnp.moveaxis(x.reshape((batch, padded // chunk, chunk) + x.shape[2:]), 1, 0)
+        x = jnp.pad(x, [(0, 0), (0, 0), (0, size - chunk), (0, 0), (0, 0)], constant_values=fill)
+        return jnp.moveaxis(x, 3, 2)
+
+    @jax.checkpoint  # autodiff keeps each chunk's inputs and carry, not its O(P F log P) intermediates
+    def one_chunk(carry, args):
+        # Sums over the keys of earlier chunks, feature f stored times exp(-key_max_f).
+        state, total, key_max = carry  # (B, H, F, Kv), (B, H, F), (B, H, F)
+        lq, lk, vc = args  # (B, H, P, F), (B, H, P, F), (B, H, P, Kv)
+        running = lax.stop_gradient(jnp.maximum(key_max[:, :, None], lax.cummax(lk, axis=2)))  # R
+        query_max = lax.stop_gradient(_finite_or_zero(jnp.max(lq + running, axis=-1)))  # c (B, H, P)
+        carried = _query_weights(lq, key_max[:, :, None], query_max)
+        own = jnp.sum(jnp.exp(lq + lk - query_max[..., None]), axis=-1)  # j = i
+        earlier, earlier_sum = _earlier_in_chunk(lq, lk, vc, query_max)
+        numerator = jnp.einsum("bhqf,bhfv->bhqv", carried, state) + own[..., None] * vc + earlier
+        denominator = jnp.einsum("bhqf,bhf->bhq", carried, total) + own + earlier_sum
+        new_max = running[:, :, -1]
+        decay = _exp_below(key_max, new_max)
+        weights = _exp_below(lk, new_max[:, :, None])
+        state = decay[..., None] * state + jnp.einsum("bhkf,bhkv->bhfv", weights, vc)
+        total = decay * total + jnp.sum(weights, axis=2)
+        return (state, total, new_max), _normalise(numerator, denominator, eps)
+
+    init = (
+        jnp.zeros((batch, heads, features, v.shape[-1]), v.dtype),
+        jnp.zeros((batch, heads, features), v.dtype),
+        jnp.full((batch, heads, features), -jnp.inf, v.dtype),
+    )
+    _, outs = lax.scan(one_chunk, init, (blocks(log_q, 0.0), blocks(log_k, -jnp.inf), blocks(v, 0.0)))
+    outs = jnp.moveaxis(outs[:, :, :, :chunk], 0, 1)  # (B, L / C, H, C, Kv)
+    outs = jnp.moveaxis(outs, 2, 3).reshape((batch, padded, heads, v.shape[-1]))
+    return outs[:, :length]
+
+
 def linear_attention(
     q: jax.Array,
     k: jax.Array,
@@ -309,7 +501,8 @@ def linear_attention(
     """Linear attention with phi = feature_map applied to q (B, Lq, H, K) and k (B, L, H, K); v (B, L, H, Kv).
 
     feature_map: a callable (see the module docstring) or "elu" / "relu". No 1/sqrt(K) scale is applied:
-    that belongs to maps approximating softmax, which apply their own.
+    that belongs to maps approximating softmax, which apply their own. A map with `log_features` (Performer's
+    softmax map) is evaluated in log space, stabilised per feature.
     """
     if isinstance(feature_map, str):
         if feature_map not in FEATURE_MAPS:
@@ -317,6 +510,12 @@ def linear_attention(
                 f"unknown feature map {feature_map!r}; expected one of {sorted(FEATURE_MAPS)} or a callable"
             )
         feature_map = FEATURE_MAPS[feature_map]
+    log_features = getattr(feature_map, "log_features", None)
+    if log_features is not None:  # stabilised per feature (see the module docstring)
+        return linear_attention_from_log_features(
+            log_features(q), log_features(k), v, mask=mask, causal=causal, method=method,
+            chunk_size=chunk_size, eps=eps,
+        )
     phi_q = feature_map(q, is_query=True, mask=None)
     phi_k = feature_map(k, is_query=False, mask=mask)
     return linear_attention_from_features(
@@ -364,3 +563,53 @@ def linear_attention_step(
         jnp.einsum("bhf,bhfv->bhv", phi_q_t, kv_sum), jnp.einsum("bhf,bhf->bh", phi_q_t, key_sum), eps
     )
     return LinearAttentionState(kv_sum, key_sum), out.astype(v_t.dtype)
+
+
+class LogFeatureState(NamedTuple):
+    """Recurrent state of causal linear attention on log features (`linear_attention_from_log_features`):
+    kv_sum (B, H, F, Kv) and key_sum (B, H, F), feature f stored times exp(-key_max_f), with key_max (B, H, F)
+    the running max of each key log feature (-inf before the first key)."""
+
+    kv_sum: jax.Array
+    key_sum: jax.Array
+    key_max: jax.Array
+
+
+def log_feature_init_state(
+    batch_size: int, heads: int, features: int, value_dim: int, dtype: jnp.dtype = jnp.float32
+) -> LogFeatureState:
+    """The state of an empty prefix."""
+    return LogFeatureState(
+        jnp.zeros((batch_size, heads, features, value_dim), dtype),
+        jnp.zeros((batch_size, heads, features), dtype),
+        jnp.full((batch_size, heads, features), -jnp.inf, dtype),
+    )
+
+
+def log_feature_step(
+    state: LogFeatureState,
+    log_phi_q_t: jax.Array,
+    log_phi_k_t: jax.Array,
+    v_t: jax.Array,
+    *,
+    eps: float = DEFAULT_EPS,
+) -> tuple[LogFeatureState, jax.Array]:
+    """Absorbs key t, then reads query t, stabilised per feature like the causal forms.
+
+    log_phi_q_t, log_phi_k_t (B, H, F), v_t (B, H, Kv) -> (state, out_t (B, H, Kv) in v_t's dtype). When the
+    running max of feature f grows from m to m', that feature's sums are multiplied by exp(m - m') first.
+    O(B H F Kv) per token.
+    """
+    compute = state.kv_sum.dtype
+    log_q, log_k, v_c = (x.astype(compute) for x in (log_phi_q_t, log_phi_k_t, v_t))
+    key_max = lax.stop_gradient(jnp.maximum(state.key_max, log_k))
+    decay = _exp_below(state.key_max, key_max)  # 0 before the first key (the sums are 0 then anyway)
+    weights = jnp.exp(log_k - key_max)
+    kv_sum = decay[..., None] * state.kv_sum + weights[..., None] * v_c[..., None, :]
+    key_sum = decay * state.key_sum + weights
+    query_max = lax.stop_gradient(jnp.max(log_q + key_max, axis=-1))
+    phi_q = _query_weights(log_q, key_max, query_max)
+    out = _normalise(
+        jnp.einsum("bhf,bhfv->bhv", phi_q, kv_sum), jnp.einsum("bhf,bhf->bh", phi_q, key_sum), eps
+    )
+    return LogFeatureState(kv_sum, key_sum, key_max), out.astype(v_t.dtype)

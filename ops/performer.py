@@ -8,37 +8,32 @@ Positive random features (Choromanski et al. 2021; methods.md section 6): with x
 so phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(F) with the F rows of W as samples. The rows are drawn in
 orthogonal blocks (`gaussian_orthogonal_matrix`), which lowers the variance.
 
-Stabilisers (why the outputs stay finite): exp overflows or underflows for large-norm inputs, so a constant
-is subtracted from each exponent before exp, chosen such that it cancels exactly in
-out = phi(q)^T S / phi(q)^T z:
-  queries: c = max over the F exponents of that query (one row's numerator and denominator share it);
-  keys (`favor_attention`): each key's own max over its F exponents, m_j, with phi(k_j) computed as
-           exp(exponent - m_j) (max feature 1 / sqrt(F)) and m_j handed to the linear attention as the
-           key's log scale. The sums then carry the scale of the largest m among their keys: the running
-           max over the keys seen so far in the causal forms (rescaling the carried state when it grows, like
-           online softmax and like `favor_step`). The bidirectional form stabilises per feature (below).
-           Padded keys are excluded.
-All stabilisers are stop-gradient (they cancel, so their exact gradient is zero anyway). Why the causal
-form needs the running max: with one max over the whole sequence, an early query's denominator is scaled by
-exp(m_early - m_max), which can underflow float32 (the output then collapses to 0) or, squared in the
-derivative of the division, overflow it.
-`softmax_kernel_features` (the `FeatureMap` interface) keeps one key max per sequence, so linear attention
-with `favor_feature_map` has exactly that limitation when causal: use `favor_attention` for causal models.
-A query whose largest features meet none of the keys' large ones (large-norm inputs in unrelated directions)
-gets a denominator of exp(-100) or less under these per-query / per-key maxima, although the estimator itself
-is a proper weighted mean there: below eps its output is shrunk towards 0. The bidirectional form of
-`favor_attention` therefore stabilises keys per feature instead (`_bidirectional_softmax_features`: the
-denominator is then >= 1 / F); the causal forms and `favor_step` keep the per-key running max and this
-limitation (a per-feature running max would need (C, C, F) work inside each chunk), measured in
-tests/test_numerical_guards.py: 5-20% of causal outputs off (by up to 2) for norms 30-100 in random
-directions, none when the directions cluster.
+Stabilisers (why the outputs stay finite and accurate): exp over- or underflows for large-norm inputs (the
+exponents reach -|x'|^2 / 2, thousands at norms ~100), so the softmax kernel is evaluated in log space:
+`softmax_log_features` gives the exponents, and ops/linear_attention.py's `linear_attention_from_log_features`
+stabilises them per feature, with constants that cancel exactly between the numerator and the denominator of
+out = phi(q)^T S / phi(q)^T z (all stop-gradient, so their exact gradient, zero, is kept):
+  keys:    feature f of key j is stored as exp(e_jf - m_f), m_f the max of feature f over keys the query may
+           see: all real keys (bidirectional), the running max (causal; the carried sums are rescaled by
+           exp(m_old - m_new) when it grows, like online softmax, and the same in `favor_step`), or, inside a
+           causal chunk, the max over a block of keys that all precede the queries using it;
+  queries: exp(e_if + m_f - c_i), c_i = max_f (e_if + R_if), R_if the max of feature f over the keys query i
+           sees.
+Every factor is <= 1 and the (feature, key) pair that sets c_i contributes exactly 1, so a query's denominator
+is >= 1 whatever the norms or directions: no output is shrunk by eps, and float32 stays within rounding of
+the float64 estimator (tests/test_numerical_guards.py, norms 30-100 in random directions). Padded keys are
+excluded. Per-query and per-key maxima alone (`softmax_kernel_features`, `softmax_key_features`, kept as
+features for other uses) are not enough: a query whose largest features meet none of the keys' large ones
+(large norms in unrelated directions) gets a denominator of exp(-100) or less, and with one key max per
+sequence an early causal query's denominator is scaled by exp(m_early - m_max) (underflow).
 
 ReLU kernel: phi(x) = relu(W x) / sqrt(F) (the generalised-attention variant; no stabiliser needed).
 
-Causal form: the chunked causal linear attention of ops/linear_attention.py (quadratic inside chunks of C,
-the (S, z) state carried by `lax.scan`), not a custom VJP: its autodiff memory is O(B H (L C + (L / C) F Kv)),
-linear in L. Feature redraw: every random draw takes an explicit PRNG key (`gaussian_orthogonal_matrix`);
-nothing is seeded from the data and nothing is stored in hidden state.
+Causal form: the chunked causal form of ops/linear_attention.py (dyadic block products inside chunks of C,
+the (S, z, m) state carried by `lax.scan`, the chunk body rematerialised), not a custom VJP: its autodiff
+memory is O(B H (L (F + Kv) + (L / C) F Kv)), linear in L. Feature redraw: every random draw takes an
+explicit PRNG key (`gaussian_orthogonal_matrix`); nothing is seeded from the data and nothing is stored in
+hidden state.
 """
 
 from __future__ import annotations
@@ -52,8 +47,11 @@ import jax.numpy as jnp
 from ops.linear_attention import (
     FeatureMap,
     LinearAttentionState,
+    LogFeatureState,
     linear_attention_from_features,
+    linear_attention_from_log_features,
     linear_attention_step,
+    log_feature_step,
 )
 
 ORTHOGONAL_SCALINGS = ("chi", "sqrt_dim", "iid")
@@ -76,6 +74,10 @@ def gaussian_orthogonal_matrix(
       option).
     scaling="iid": unstructured i.i.d. N(0, 1) entries (no orthogonality), for comparison.
     Cost O(ceil(F / K) K^3).
+
+    Precision: the Gaussians, the QR and the norms are computed in `dtype` promoted to at least float32
+    (float64 when float64 is asked for and enabled, so the rows are orthogonal to float64 precision; the
+    float64 draw is a different sample from the float32 one for the same key), then cast to `dtype`.
     """
     if num_features < 1 or dim < 1:
         raise ValueError(f"need num_features >= 1 and dim >= 1, got {num_features} and {dim}")
@@ -83,9 +85,10 @@ def gaussian_orthogonal_matrix(
         raise ValueError(f"unknown scaling {scaling!r}; expected one of {ORTHOGONAL_SCALINGS}")
     if scaling == "iid":
         return jax.random.normal(key, (num_features, dim), dtype)
+    compute = jax.dtypes.canonicalize_dtype(jnp.promote_types(dtype, jnp.float32))  # QR needs >= float32
     num_blocks = -(-num_features // dim)
     # One Gaussian draw serves the blocks and the chi norms (one sampler to compile instead of several).
-    gaussians = jax.random.normal(key, (num_blocks * dim * dim + num_features * dim,), jnp.float32)
+    gaussians = jax.random.normal(key, (num_blocks * dim * dim + num_features * dim,), compute)
     blocks = gaussians[: num_blocks * dim * dim].reshape(num_blocks, dim, dim)
     q, r = jnp.linalg.qr(blocks)
     q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]  # Haar: fix the signs of QR
@@ -93,7 +96,7 @@ def gaussian_orthogonal_matrix(
     if scaling == "chi":
         norms = jnp.linalg.norm(gaussians[num_blocks * dim * dim :].reshape(num_features, dim), axis=-1)
     else:
-        norms = jnp.full((num_features,), math.sqrt(dim), jnp.float32)
+        norms = jnp.full((num_features,), math.sqrt(dim), compute)
     return (rows * norms[:, None]).astype(dtype)
 
 
@@ -110,13 +113,22 @@ def _softmax_exponent(x: jax.Array, projection: jax.Array) -> jax.Array:
     return projected - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
 
 
+def softmax_log_features(x: jax.Array, projection: jax.Array) -> jax.Array:
+    """log phi(x) + log(sqrt(F)) = w . x' - |x'|^2 / 2 (B, L, H, F) of x (B, L, H, K): the positive features
+    in log space, unstabilised, for `ops.linear_attention.linear_attention_from_log_features` (which
+    stabilises them per feature; the constant log(sqrt(F)) cancels there). Computed in at least float32."""
+    _check_projection(x, projection)
+    return _softmax_exponent(x, projection)
+
+
 def softmax_kernel_features(
     x: jax.Array, projection: jax.Array, *, is_query: bool, mask: jax.Array | None = None
 ) -> jax.Array:
     """Positive random features phi(x) (B, L, H, F) of x (B, L, H, K) for the softmax kernel, stabilised.
 
     Queries: per-row max subtracted; keys: one max per (batch, head) over all real keys (mask (B, L)).
-    For causal attention prefer `softmax_key_features` (see the module docstring).
+    These features can underflow for large norms (see the module docstring): attention uses
+    `softmax_log_features` instead (`favor_attention`, and `linear_attention` with `favor_feature_map`).
     """
     _check_projection(x, projection)
     exponent = _softmax_exponent(x, projection)
@@ -161,7 +173,11 @@ def relu_kernel_features(
 
 
 def favor_feature_map(projection: jax.Array, kernel: str = "softmax") -> FeatureMap:
-    """A feature map for `ops.linear_attention.linear_attention` using the projection W (F, K)."""
+    """A feature map for `ops.linear_attention.linear_attention` using the projection W (F, K).
+
+    The softmax map also carries `log_features` (`softmax_log_features`), so `linear_attention` evaluates it
+    stabilised per feature, exactly as `favor_attention` does, in both its bidirectional and causal forms.
+    """
     if kernel not in KERNELS:
         raise ValueError(f"unknown FAVOR kernel {kernel!r}; expected one of {KERNELS}")
     features = softmax_kernel_features if kernel == "softmax" else relu_kernel_features
@@ -169,33 +185,9 @@ def favor_feature_map(projection: jax.Array, kernel: str = "softmax") -> Feature
     def feature_map(x: jax.Array, *, is_query: bool, mask: jax.Array | None = None) -> jax.Array:
         return features(x, projection, is_query=is_query, mask=mask)
 
+    if kernel == "softmax":
+        feature_map.log_features = lambda x: softmax_log_features(x, projection)
     return feature_map
-
-
-def _bidirectional_softmax_features(
-    q: jax.Array, k: jax.Array, projection: jax.Array, mask: jax.Array | None
-) -> tuple[jax.Array, jax.Array]:
-    """(phi(q) (B, Lq, H, F), phi(k) (B, L, H, F)) for the bidirectional form, stabilised per feature.
-
-    Keys: exp(e_jf - M_f) / sqrt(F), with M_f the max of feature f's exponent over the real keys (per batch
-    and head), so no feature of a key is lost below that key's own largest one. Queries: exp(e_if + M_f - c_i)
-    / sqrt(F), with c_i = max_f (e_if + M_f). M_f cancels in phi(q) . phi(k) and c_i between numerator and
-    denominator (both stop-gradient); the best (f, j) pair contributes exactly 1 / F, so the denominator is
-    at least 1 / F whatever the norms (per-key and per-query maxima alone can leave it at exp(-100) or less
-    for large-norm inputs: tests/test_numerical_guards.py). Padded keys get exp(-inf) = 0.
-    """
-    _check_projection(q, projection)
-    _check_projection(k, projection)
-    q_exponent = _softmax_exponent(q, projection)
-    k_exponent = _softmax_exponent(k, projection)
-    if mask is not None:
-        k_exponent = jnp.where(mask[:, :, None, None], k_exponent, -jnp.inf)
-    feature_max = jnp.max(k_exponent, axis=1, keepdims=True)  # (B, 1, H, F)
-    feature_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(feature_max), feature_max, 0.0))
-    shifted = q_exponent + feature_max
-    query_max = jax.lax.stop_gradient(jnp.max(shifted, axis=-1, keepdims=True))
-    scale = 1.0 / math.sqrt(projection.shape[0])
-    return jnp.exp(shifted - query_max) * scale, jnp.exp(k_exponent - feature_max) * scale
 
 
 def favor_attention(
@@ -214,38 +206,29 @@ def favor_attention(
     """FAVOR+ attention: a drop-in estimate of softmax attention (scale 1/sqrt(K) built in).
 
     q (B, Lq, H, K), k (B, L, H, K), v (B, L, H, Kv), projection W (F, K) -> (B, Lq, H, Kv) in v's dtype.
-    mask (B, L) key padding (padded keys contribute nothing and are excluded from the key stabiliser).
-    Cost O(B H L F (K + Kv)) time; causal uses the chunked form with the running key stabiliser (see the
-    module docstring). Dtypes: q, k, v may be bfloat16; the exponents, stabilisers, features and the (prefix)
-    sums of ops/linear_attention.py are computed in at least float32, and only the output is cast to v's dtype.
+    mask (B, L) key padding (padded keys contribute nothing and are excluded from the stabilisers).
+    Cost O(B H L F (K + Kv)) time (causal chunked: see ops/linear_attention.py). The softmax kernel runs on
+    `softmax_log_features`, stabilised per feature (see the module docstring). Dtypes: q, k, v may be
+    bfloat16; the exponents, stabilisers, features and the (prefix) sums of ops/linear_attention.py are
+    computed in at least float32 (float64 for a float64 projection or inputs), and only the output is cast
+    to v's dtype.
     """
+    options = dict(mask=mask, causal=causal, method=method, chunk_size=chunk_size, eps=eps)
+    if kernel == "softmax":
+        log_q, log_k = softmax_log_features(q, projection), softmax_log_features(k, projection)
+        return linear_attention_from_log_features(log_q, log_k, v, **options)
     feature_map = favor_feature_map(projection, kernel)
-    if kernel == "softmax" and not causal:
-        (phi_q, phi_k), key_log_scale = _bidirectional_softmax_features(q, k, projection, mask), None
-    else:
-        phi_q = feature_map(q, is_query=True)
-        if kernel == "softmax":
-            phi_k, key_log_scale = softmax_key_features(k, projection, mask=mask)
-        else:
-            phi_k, key_log_scale = feature_map(k, is_query=False, mask=mask), None
     return linear_attention_from_features(
-        phi_q,
-        phi_k,
-        v,
-        mask=mask,
-        causal=causal,
-        method=method,
-        chunk_size=chunk_size,
-        eps=eps,
-        key_log_scale=key_log_scale,
+        feature_map(q, is_query=True), feature_map(k, is_query=False, mask=mask), v, **options
     )
 
 
 class FavorState(NamedTuple):
-    """Recurrent state of causal FAVOR+: the linear-attention sums, scaled by exp(-key_max).
+    """Recurrent state of causal FAVOR+: the linear-attention sums, feature f scaled by exp(-key_max_f).
 
-    kv_sum (B, H, F, Kv), key_sum (B, H, F); key_max (B, H): running max of the key exponents seen so far
-    (-inf before the first key; stays 0 for the ReLU kernel).
+    kv_sum (B, H, F, Kv), key_sum (B, H, F); key_max (B, H, F): running max of each key exponent seen so
+    far (-inf before the first key; stays 0 for the ReLU kernel). The fields of
+    `ops.linear_attention.LogFeatureState`.
     """
 
     kv_sum: jax.Array
@@ -260,7 +243,7 @@ def favor_init_state(
     return FavorState(
         jnp.zeros((batch_size, heads, num_features, value_dim), dtype),
         jnp.zeros((batch_size, heads, num_features), dtype),
-        jnp.full((batch_size, heads), -jnp.inf, dtype),
+        jnp.full((batch_size, heads, num_features), -jnp.inf, dtype),
     )
 
 
@@ -276,9 +259,10 @@ def favor_step(
 ) -> tuple[FavorState, jax.Array]:
     """One decoding step of causal FAVOR+: q_t, k_t (B, H, K), v_t (B, H, Kv) -> (state, out_t (B, H, Kv)).
 
-    Softmax kernel: the key stabiliser is the running max of the key exponents; when it grows from m to m',
-    the state is multiplied by exp(m - m') first, so all keys in the sums share one scale (which cancels).
-    O(B H F (K + Kv)) per token.
+    Softmax kernel: `ops.linear_attention.log_feature_step` on `softmax_log_features`: the key stabiliser
+    is the running max of each key exponent; when feature f's grows from m to m', that feature's sums are
+    multiplied by exp(m - m') first (the scales cancel). Equal to the causal forms of `favor_attention` up
+    to rounding. O(B H F (K + Kv)) per token.
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown FAVOR kernel {kernel!r}; expected one of {KERNELS}")
@@ -286,7 +270,6 @@ def favor_step(
         raise ValueError(
             f"favor_step expects q_t and k_t of shape (B, H, K), got {q_t.shape} and {k_t.shape}"
         )
-    num_features = projection.shape[0]
     if kernel == "relu":
         phi_q = relu_kernel_features(q_t, projection)
         phi_k = relu_kernel_features(k_t, projection)
@@ -294,15 +277,11 @@ def favor_step(
             LinearAttentionState(state.kv_sum, state.key_sum), phi_q, phi_k, v_t, eps=eps
         )
         return FavorState(inner.kv_sum, inner.key_sum, jnp.zeros_like(state.key_max)), out
-    q_exponent = _softmax_exponent(q_t, projection)
-    phi_q = jnp.exp(q_exponent - jax.lax.stop_gradient(jnp.max(q_exponent, axis=-1, keepdims=True)))
-    phi_q = phi_q / math.sqrt(num_features)
-    k_exponent = _softmax_exponent(k_t, projection).astype(state.kv_sum.dtype)
-    new_max = jax.lax.stop_gradient(jnp.maximum(state.key_max, jnp.max(k_exponent, axis=-1)))
-    rescale = jnp.exp(state.key_max - new_max)  # 0 before the first key (the sums are 0 then anyway)
-    phi_k = jnp.exp(k_exponent - new_max[..., None]) / math.sqrt(num_features)
-    rescaled = LinearAttentionState(
-        state.kv_sum * rescale[..., None, None], state.key_sum * rescale[..., None]
+    inner, out = log_feature_step(
+        LogFeatureState(*state),
+        softmax_log_features(q_t, projection),
+        softmax_log_features(k_t, projection),
+        v_t,
+        eps=eps,
     )
-    inner, out = linear_attention_step(rescaled, phi_q, phi_k, v_t, eps=eps)
-    return FavorState(inner.kv_sum, inner.key_sum, new_max), out
+    return FavorState(*inner), out

@@ -167,6 +167,40 @@ def test_performer_projection_is_a_redrawable_constant():
     assert y.shape == x.shape and np.all(np.isfinite(y))
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_float64_performer_draws_float64_features_and_matches_a_float64_estimator(x64, bidirectional):
+    """dtype = param_dtype = float64: the projection is drawn and orthogonalised in float64 (it used to be
+    drawn in float32 and cast: rows orthogonal to ~1e-7 only), and the mixer equals the FAVOR+ estimator
+    written out in numpy float64 (unstabilised features, quadratic form) to float64 precision."""
+    mixer = make_mixer("performer", d_model=D, num_heads=2, num_features=12, bidirectional=bidirectional, **F64)
+    x = _inputs()
+    y, variables = jax.jit(mixer.init_with_output)(jax.random.PRNGKey(3), x)
+    w = np.asarray(variables[mixers.PERFORMER_COLLECTION][mixers.PERFORMER_PROJECTION])
+    assert w.dtype == np.float64 and y.dtype == jnp.float64
+    head = D // 2
+    unit = w / np.linalg.norm(w, axis=1, keepdims=True)
+    for start in range(0, len(w), head):  # rows within one block are orthogonal
+        block = unit[start : start + head]
+        np.testing.assert_allclose(block @ block.T, np.eye(len(block)), atol=1e-13)
+
+    params = {name: np.asarray(p["kernel"]) for name, p in variables["params"].items()}
+    x_np = np.asarray(x)
+    q, k, v = (
+        (x_np @ params[name]).reshape(B, L, 2, head) for name in ("query", "key", "value")
+    )
+
+    def features(z):  # exp(w . z' - |z'|^2 / 2) / sqrt(F), z' = z / K^(1/4)
+        z = z / head**0.25
+        return np.exp(z @ w.T - 0.5 * np.sum(z * z, axis=-1, keepdims=True)) / np.sqrt(len(w))
+
+    scores = np.einsum("bqhf,bkhf->bhqk", features(q), features(k))
+    if not bidirectional:
+        scores = scores * np.tril(np.ones((L, L)))
+    heads = np.einsum("bhqk,bkhv->bqhv", scores, v) / np.moveaxis(scores.sum(-1), 1, 2)[..., None]
+    want = heads.reshape(B, L, D) @ params["out"]
+    np.testing.assert_allclose(np.asarray(y), want, atol=1e-12 * np.abs(want).max())
+
+
 @pytest.mark.parametrize(
     "length,d_model,heads,features,chunk",
     [

@@ -119,3 +119,115 @@ def test_bad_arguments_raise():
         la.linear_attention(q, k, v, causal=True, method="fft")
     with pytest.raises(ValueError, match="padding mask"):
         la.linear_attention(q, k, v, mask=jnp.ones((2, 3), bool))
+
+
+# ---------------------------------------------------------------------------------------- log features
+
+def _log_features(length=13, f=6, spread=3.0, seed=4):
+    """Log features with a spread of exponents (l ~ N(0, spread^2)), values and a mask padding 3 keys of
+    batch 0 (their log features huge, their values inf: neither may leak)."""
+    rng = np.random.default_rng(seed)
+    log_q, log_k = (rng.normal(size=(2, length, 2, f)) * spread for _ in range(2))
+    v = rng.normal(size=(2, length, 2, 3))
+    mask = np.arange(length)[None, :] < np.array([[length - 3], [length]])
+    log_k[0, length - 3 :], v[0, length - 3 :] = 1e4, np.inf
+    return log_q, log_k, v, mask
+
+
+def _log_space_reference(log_q, log_k, v, mask, causal):
+    """softmax_j(log sum_f exp(l_if + l_jf)) v_j over the allowed keys: the log-feature attention, evaluated
+    in log space (exact for any magnitudes). jax, so that it runs in float64 under x64 and differentiates."""
+    log_kernel = jax.nn.logsumexp(log_q[:, :, None] + log_k[:, None], axis=-1)  # (B, Lq, L, H)
+    allowed = jnp.broadcast_to(jnp.asarray(mask)[:, None, :, None], log_kernel.shape)
+    if causal:
+        length = log_k.shape[1]
+        allowed = allowed & jnp.tril(jnp.ones((length, length), bool))[None, :, :, None]
+    weights = jax.nn.softmax(jnp.where(allowed, log_kernel, -jnp.inf), axis=2)
+    return jnp.einsum("bqjh,bjhv->bqhv", weights, jnp.where(jnp.asarray(mask)[..., None, None], v, 0.0))
+
+
+LOG_FORMS = [(False, "chunked", 4), (True, "prefix", 4), (True, "chunked", 4), (True, "chunked", 5),
+             (True, "chunked", 13), (True, "chunked", 1)]  # 5: neither divides L nor is a power of two
+
+
+@pytest.mark.parametrize("causal,method,chunk", LOG_FORMS)
+def test_log_features_equal_the_quadratic_form_with_gradients(x64, causal, method, chunk):
+    """Values and d/d(log features, v) against autodiff of the log-space quadratic form, in float64."""
+    log_q, log_k, v, mask = _log_features()
+    real = np.asarray(mask)[..., None, None]
+    cotangent = np.random.default_rng(5).normal(size=v.shape) * real
+
+    def loss(fn):
+        return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(fn(*a) * cotangent), argnums=(0, 1, 2)))
+
+    def fast(log_q, log_k, v):
+        return la.linear_attention_from_log_features(
+            log_q, log_k, v, mask=jnp.asarray(mask), causal=causal, method=method, chunk_size=chunk
+        )
+
+    def slow(log_q, log_k, v):
+        return _log_space_reference(log_q, log_k, v, mask, causal)
+
+    out = jax.jit(fast)(log_q, log_k, v)
+    np.testing.assert_allclose(np.where(real, out, 0.0), np.where(real, slow(log_q, log_k, v), 0.0), atol=1e-12)
+    # Gradients: padded keys get none (their inf values are replaced by a finite stand-in for the reference).
+    v_finite = np.where(real, v, 0.0)
+    (_, got), (_, want) = loss(fast)(log_q, log_k, v), loss(slow)(log_q, log_k, v_finite)
+    for name, g, w in zip(("d log_q", "d log_k", "dv"), got, want):
+        assert np.all(np.isfinite(g)), name
+        np.testing.assert_allclose(np.where(real, g, 0.0), w, atol=1e-11, err_msg=name)
+        assert np.all(np.asarray(g)[0, -3:] == 0) or name == "d log_q", name
+
+
+def test_log_feature_step_equals_the_causal_forms(x64):
+    """Decoding one token at a time equals the chunked and prefix forms, with a large spread of exponents."""
+    log_q, log_k, v, _ = _log_features(spread=30.0)
+    chunked, prefix = jax.jit(lambda *a: [
+        la.linear_attention_from_log_features(*a, causal=True, method=method, chunk_size=4)
+        for method in ("chunked", "prefix")
+    ])(log_q, log_k, v)
+    np.testing.assert_allclose(prefix, chunked, atol=1e-12)
+    state = la.log_feature_init_state(2, 2, 6, 3, jnp.float64)
+    step = jax.jit(la.log_feature_step)
+    for t in range(log_q.shape[1]):
+        state, out = step(state, log_q[:, t], log_k[:, t], v[:, t])
+        np.testing.assert_allclose(out, chunked[:, t], atol=1e-12, err_msg=f"step {t}")
+
+
+def test_log_features_with_exponents_beyond_float32_match_float64():
+    """Exponents ~N(0, 500^2) (exp over- and underflows float32 for nearly all of them, and every query's
+    kernel sum is dominated by a few (feature, key) pairs): every float32 form, and decoding, stay within
+    float32 rounding of the float64 log-space reference. Rounding an exponent of size |l| ~ 1e3 moves it by
+    ~1e-4, hence the tolerance."""
+    log_q, log_k, v, mask = (np.asarray(a, np.float32) if a.dtype != bool else a
+                             for a in _log_features(length=40, f=16, spread=500.0))
+    assert np.mean(np.abs(log_k) > 88) > 0.8, "the exponents must leave float32's range"
+    with jax.enable_x64(True):
+        want = {causal: np.asarray(_log_space_reference(*(np.asarray(a, np.float64) for a in (log_q, log_k, v)),
+                                                        mask, causal)) for causal in (False, True)}
+    real = np.asarray(mask)[..., None, None]
+    forms = jax.jit(lambda *a: [la.linear_attention_from_log_features(
+        *a, mask=jnp.asarray(mask), causal=causal, method=method, chunk_size=chunk)
+        for causal, method, chunk in LOG_FORMS])(log_q, log_k, v)
+    for (causal, method, _), got in zip(LOG_FORMS, forms):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(np.where(real, got, 0.0), np.where(real, want[causal], 0.0), atol=1e-3,
+                                   err_msg=(causal, method))
+    state = la.log_feature_init_state(2, 2, 16, 3)
+    step = jax.jit(la.log_feature_step)
+    for t in range(30):  # batch 1 has no padding
+        state, out = step(state, log_q[:, t], log_k[:, t], v[:, t])
+        np.testing.assert_allclose(out[1], want[True][1, t], atol=1e-3, err_msg=f"step {t}")
+
+
+def test_causal_log_features_never_look_ahead_in_floating_point():
+    """Past outputs are bitwise unchanged when later keys become huge (exponents +1e3 above all others):
+    inside a chunk, no query's weights depend on a later key's stabiliser."""
+    log_q, log_k, v, _ = (np.asarray(a, np.float32) if a.dtype != bool else a
+                          for a in _log_features(length=16, spread=20.0))
+    changed = log_k.copy()
+    changed[:, 9:] += 1e3
+    for method in ("chunked", "prefix"):
+        fn = jax.jit(lambda lk: la.linear_attention_from_log_features(
+            log_q, lk, v, causal=True, method=method, chunk_size=16))
+        np.testing.assert_array_equal(np.asarray(fn(changed))[:, :9], np.asarray(fn(log_k))[:, :9])

@@ -5,7 +5,9 @@
   a float64 `lax.scan` of the equations), and step-by-step decoding at the end of the sequence against the
   parallel call.
 * Performer (positive softmax features) with query/key norms 30-100, where every raw feature underflows:
-  against the same FAVOR+ estimator evaluated in float64 in log space (exact, no stabiliser needed).
+  `favor_attention` (causal and bidirectional), `linear_attention` with the FAVOR feature map (default eps)
+  and step-by-step decoding, against the same FAVOR+ estimator evaluated in float64 in log space (exact, no
+  stabiliser needed).
 * S4 / S4D kernels at L = 16K with the largest initial step and eigenvalues at Re = -1e-4; RTF kernels at
   trunc_len 65,536 with poles 1e-4 outside the unit circle.
 * Dense and blockwise attention with logits of order 1e4 and fully masked rows (defined to give output 0).
@@ -306,12 +308,14 @@ def _values_and_grads(fn, q, k, v, cotangent):
     return (out, *pullback(cotangent.astype(out.dtype)))
 
 
-def _favor_against_float64(q, k, v, w, mask, causal, chunk_size=16):
-    """(float32 favor_attention, float64 log-space reference): outputs and d/d(q, k, v), as numpy lists."""
+def _favor_against_float64(q, k, v, w, mask, causal, chunk_size=16, attend=None):
+    """(float32 favor_attention, float64 log-space reference): outputs and d/d(q, k, v), as numpy lists.
+    attend(q, k, v, w) replaces favor_attention if given."""
     cotangent = np.random.default_rng(3).normal(size=v.shape) * np.asarray(mask)[:, :, None, None]
-    fast = jax.jit(lambda q, k, v, w: _values_and_grads(
-        lambda q, k, v: performer.favor_attention(q, k, v, w, mask=mask, causal=causal, chunk_size=chunk_size),
-        q, k, v, cotangent))
+    if attend is None:
+        def attend(q, k, v, w):
+            return performer.favor_attention(q, k, v, w, mask=mask, causal=causal, chunk_size=chunk_size)
+    fast = jax.jit(lambda q, k, v, w: _values_and_grads(lambda q, k, v: attend(q, k, v, w), q, k, v, cotangent))
     got = [np.asarray(a) for a in fast(q, k, v, w)]
     with jax.enable_x64(True):
         exact = jax.jit(lambda q, k, v, w, mask: _values_and_grads(
@@ -385,14 +389,58 @@ def test_performer_causal_large_norms_random_directions_stay_finite():
     assert np.abs(got[0]).max() <= np.abs(v).max() * (1 + 1e-5)  # a convex combination of the values
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation: the causal form stabilises keys per key (running "
-                   "max), not per feature; per-feature running maxima would need (C, C, F) work per chunk")
 def test_performer_causal_large_norms_random_directions_match_the_float64_estimator():
-    """Documents the open case: with random directions 5% of these causal outputs (20% with L = 64, F = 256)
-    are off by up to 1.7 because a key's features far below its own max underflow. Passing this would mean the
-    limitation is gone."""
-    _, got, want = _causal_random_directions()
-    _check_close(got[:1], want[:1], PERF_SHAPE["length"])
+    """Random directions, causal: with a per-key running max (what the causal forms used before, still
+    `softmax_key_features`) 5% of these outputs (20% with L = 64, F = 256) were off by up to 1.7, a key's
+    features far below its own max underflowing. The per-feature stabiliser of the causal chunked form
+    (running max across chunks, dyadic key blocks inside them) keeps values and gradients within rounding."""
+    (q, k, v, w), got, want = _causal_random_directions()
+    _check_close(got, want, PERF_SHAPE["length"])
+    phi_k, log_scale = performer.softmax_key_features(jnp.asarray(k), jnp.asarray(w))
+    per_key = linear_attention.linear_attention_from_features(
+        performer.softmax_kernel_features(jnp.asarray(q), jnp.asarray(w), is_query=True), phi_k, jnp.asarray(v),
+        causal=True, chunk_size=16, eps=performer.DEFAULT_EPS, key_log_scale=log_scale)
+    assert np.abs(np.asarray(per_key) - want[0]).max() > 0.5, "inputs must defeat per-key stabilisers"
+
+
+@pytest.mark.parametrize("causal,method", [(False, "chunked"), (True, "chunked"), (True, "prefix")])
+def test_linear_attention_with_the_favor_map_at_large_norms_matches_the_float64_estimator(causal, method):
+    """`linear_attention` with `favor_feature_map` and its default eps (1e-6), norms 30-100 in random
+    directions, 3 padded keys. It used per-query features and one key max per sequence: the denominators fell
+    far below eps and the outputs towards 0 (89% of the queries bidirectional, 94% causal, off by up to 2.7).
+    Now it evaluates the map's log features, stabilised per feature like `favor_attention`: measured worst
+    |error| / max |reference| 2e-5 (outputs), 7e-5 (gradients)."""
+    q, k, v, w = _large_norm_qkv(seed=4, spread=None)
+    length = PERF_SHAPE["length"]
+    mask = jnp.asarray(np.arange(length)[None] < length - 3)
+
+    def attend(q, k, v, w):
+        return linear_attention.linear_attention(q, k, v, feature_map=performer.favor_feature_map(w), mask=mask,
+                                                 causal=causal, method=method, chunk_size=16)
+
+    got, want = _favor_against_float64(q, k, v, w, mask, causal, attend=attend)
+    _check_close(got, want, length - 3)
+
+
+def test_performer_decoding_at_large_norms_equals_the_parallel_call_and_float64():
+    """`favor_step`, one token at a time, on the random-direction inputs: equal to the causal chunked form up
+    to rounding, and to the float64 estimator within FAVOR_TOLERANCE."""
+    (q, k, v, w), got, want = _causal_random_directions()
+    s = PERF_SHAPE
+
+    @jax.jit
+    def decode(q, k, v, w):
+        def one(state, qkv_t):
+            return performer.favor_step(state, *qkv_t, w)
+
+        state = performer.favor_init_state(s["batch"], s["heads"], s["features"], s["value_dim"])
+        moved = (jnp.moveaxis(a, 1, 0) for a in (q, k, v))
+        return jnp.moveaxis(lax.scan(one, state, tuple(moved))[1], 0, 1)
+
+    steps = np.asarray(decode(q, k, v, w))
+    assert steps.dtype == np.float32 and np.isfinite(steps).all()
+    np.testing.assert_allclose(steps, got[0], atol=FAVOR_TOLERANCE * np.abs(want[0]).max())
+    np.testing.assert_allclose(steps, want[0], atol=FAVOR_TOLERANCE * np.abs(want[0]).max())
 
 
 # ------------------------------------------------------------------------------------ S4, S4D and RTF kernels

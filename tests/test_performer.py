@@ -50,6 +50,43 @@ def test_orthogonal_blocks_and_row_norms(x64, scaling):
     assert not np.allclose(other, w)
 
 
+def _orthogonal_reference(key, num_features, dim, dtype):
+    """The "chi" projection rebuilt in numpy float64 from the same Gaussian draw (jax.random.normal in `dtype`):
+    QR of each K x K block with the signs of R's diagonal folded into Q, rows scaled by chi norms."""
+    blocks = -(-num_features // dim)
+    gaussians = np.asarray(jax.random.normal(key, (blocks * dim * dim + num_features * dim,), dtype), np.float64)
+    rows = []
+    for block in gaussians[: blocks * dim * dim].reshape(blocks, dim, dim):
+        q, r = np.linalg.qr(block)
+        rows.append((q * np.sign(np.diag(r))[None, :]).T)
+    norms = np.linalg.norm(gaussians[blocks * dim * dim :].reshape(num_features, dim), axis=1)
+    return np.concatenate(rows)[:num_features] * norms[:, None]
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
+def test_projection_is_drawn_and_orthogonalised_in_the_requested_dtype(x64, dtype, tolerance):
+    """float64: the Gaussians, QR and norms are float64 (they were drawn and orthogonalised in float32 and then
+    cast, orthogonal only to ~1e-7), and FAVOR+ with that projection equals the float64 estimator built from
+    the numpy reference projection to float64 precision. float32: the same draw as before."""
+    key, f, k = jax.random.PRNGKey(3), 20, 8
+    w = performer.gaussian_orthogonal_matrix(key, f, k, dtype=dtype)
+    assert w.dtype == dtype
+    reference = _orthogonal_reference(key, f, k, dtype)
+    np.testing.assert_allclose(np.asarray(w, np.float64), reference, atol=tolerance * np.abs(reference).max())
+    unit = np.asarray(w, np.float64) / np.linalg.norm(np.asarray(w, np.float64), axis=1, keepdims=True)
+    for start in range(0, f, k):
+        block = unit[start : start + k]
+        np.testing.assert_allclose(block @ block.T, np.eye(len(block)), atol=tolerance)
+    if dtype != jnp.float64:
+        return
+    q, key_, v = _qkv(length=12, seed=4)
+    for causal in (False, True):
+        got = performer.favor_attention(q, key_, v, w, causal=causal, chunk_size=4)
+        assert got.dtype == jnp.float64
+        want = _dense_favor_reference(q, key_, v, jnp.asarray(reference), jnp.ones((1, 12), bool), causal)
+        np.testing.assert_allclose(got, want, atol=1e-12)
+
+
 def test_kernel_estimate_is_unbiased(x64):
     """Average of phi(q) . phi(k) over independent projections -> exp(q . k / sqrt(K))."""
     k = 4
@@ -158,10 +195,14 @@ def test_relu_kernel_and_feature_map_as_function(x64):
         np.einsum("bhqk,bkhv->bqhv", scores, np.asarray(v)) / np.moveaxis(scores.sum(-1), 1, 2)[..., None]
     )
     np.testing.assert_allclose(out, expected, atol=1e-12)
-    softmax_map = linear_attention.linear_attention(
-        q, k, v, feature_map=performer.favor_feature_map(w), eps=performer.DEFAULT_EPS
-    )
-    np.testing.assert_allclose(softmax_map, performer.favor_attention(q, k, v, w), atol=1e-14)
+    # The softmax map runs on its log features: the same computation as favor_attention, with any eps whose
+    # size is below the stabilised denominators (>= 1), e.g. linear_attention's default.
+    for causal in (False, True):
+        softmax_map = linear_attention.linear_attention(
+            q, k, v, feature_map=performer.favor_feature_map(w), causal=causal, chunk_size=4
+        )
+        favor = performer.favor_attention(q, k, v, w, causal=causal, chunk_size=4)
+        np.testing.assert_allclose(softmax_map, favor, atol=1e-14)
 
 
 def test_bad_arguments_raise():
@@ -188,10 +229,12 @@ def _dense_favor_reference(q, k, v, w, mask, causal):
 @pytest.mark.parametrize("method", ["chunked", pytest.param("prefix", marks=pytest.mark.slow)])
 def test_float32_matches_float64_dense_form_for_a_large_spread_of_key_norms(method):
     """Early keys of large norm have exponents ~110 below the later keys' max. With one key max per sequence
-    the early causal denominators underflowed float32 (outputs off by ~80%, NaN gradients); with the running
-    key stabiliser and the normaliser's own derivative, the float32 causal values and d/d(q, k, v) stay within
-    float32 rounding of the exact (float64, quadratic, unstabilised) FAVOR+ estimate; so do the bidirectional
-    values. "prefix" is slow (its associative scan takes ~3 s to compile with the gradient)."""
+    the early causal denominators underflowed float32 (outputs off by ~80%, NaN gradients; what
+    `linear_attention` with `favor_feature_map` still did, its default eps 1e-6 shrinking them too); with the
+    running per-feature stabiliser and the normaliser's own derivative, the float32 causal values and
+    d/d(q, k, v) stay within float32 rounding of the exact (float64, quadratic, unstabilised) FAVOR+ estimate;
+    so do the bidirectional values, and both forms through `linear_attention` with the FAVOR map. "prefix" is
+    slow (its associative scan takes ~3 s to compile with the gradient)."""
     length, real = 45, 43  # the chunk 16 does not divide 45: the last chunk is padded; 2 padded keys
     with jax.enable_x64(True):  # float64 numpy inputs (jnp arrays made outside x64 would be float32)
         q, k, v = (np.asarray(x) for x in _qkv(length=length, seed=7))
@@ -209,7 +252,15 @@ def test_float32_matches_float64_dense_form_for_a_large_spread_of_key_norms(meth
         def attend(q, k, v, causal=True):
             return performer.favor_attention(q, k, v, w, mask=mask, causal=causal, method=method, chunk_size=16)
 
-        return values_and_grads(attend, q, k, v), attend(q, k, v, causal=False)
+        def feature_map_form(causal):  # linear_attention with the FAVOR map and its default eps (1e-6)
+            return linear_attention.linear_attention(
+                q, k, v, feature_map=performer.favor_feature_map(w), mask=mask, causal=causal, method=method,
+                chunk_size=16,
+            )
+
+        return values_and_grads(attend, q, k, v), attend(q, k, v, causal=False), [
+            feature_map_form(causal) for causal in (True, False)
+        ]
 
     @jax.jit
     def dense(q, k, v, w):
@@ -221,13 +272,15 @@ def test_float32_matches_float64_dense_form_for_a_large_spread_of_key_norms(meth
         exponents = np.asarray(performer._softmax_exponent(jnp.asarray(k), jnp.asarray(w))).max(axis=-1)
         assert expected_bidirectional.dtype == jnp.float64
     assert exponents.max() - exponents.min() > 100, "test inputs must span a large range of key scales"
-    causal, bidirectional = fast(*(jnp.asarray(x, jnp.float32) for x in (q, k, v, w)))
+    causal, bidirectional, (map_causal, map_bidirectional) = fast(*(jnp.asarray(x, jnp.float32) for x in (q, k, v, w)))
     checks = [
         ("out", causal[0][:, :real], expected[0][:, :real]),
         ("dq", causal[1], expected[1]),
         ("dk", causal[2], expected[2]),
         ("dv", causal[3], expected[3]),
         ("bidirectional out", bidirectional, expected_bidirectional),
+        ("feature map, causal", map_causal[:, :real], expected[0][:, :real]),
+        ("feature map, bidirectional", map_bidirectional, expected_bidirectional),
     ]
     for name, got, want in checks:
         assert got.dtype == jnp.float32 and np.all(np.isfinite(got)), name
