@@ -99,6 +99,9 @@ def test_to_string_matches_the_documented_examples():
         (make("[MED", 9, 8), 8),  # 8.5 -> 8
         (make("[MED", 1, 9, 6, 4), 5),  # (4 + 6) / 2
         (make("[MED", 1, 9, 5, 4), 4),  # 4.5 -> 4
+        (make("[MED", 0, 1, 9), 1),  # the median, not the truncated mean (10 / 3 -> 3)
+        (make("[MED", 9, 0, 2, 1), 1),  # (1 + 2) / 2 = 1.5 -> 1; the mean 3 would give 3
+        (make("[MED", 8, 9, 0), 8),  # the middle of the sorted values, not of the arguments as given (9)
         (make("[SM", 7, 8, 9), 4),  # 24 % 10
         (make("[SM", 2, 6, 5), 3),
         (make("[SM", make("[MAX", 2, 8), make("[MED", 0, 5), 9), 9),  # 8 + 2 + 9 = 19
