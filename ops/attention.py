@@ -22,7 +22,7 @@ Functions:
                           output and the log-sum-exp), so forward and backward memory are O(B H L C), not
                           O(L^2). ALiBi is supported by slopes (the bias is built per block).
   AttentionRNNState and attention_rnn_{init,absorb,merge,output}: attention as an RNN over keys
-                          (methods.md section 7): state (running max m, normaliser l, accumulator acc);
+                          (docs/methods.md section 7): state (running max m, normaliser l, accumulator acc);
                           `attention_rnn_merge` is associative, so prefix states come from an associative
                           scan (`causal_attention_rnn`).
   decode_step             one query against a key/value cache (incremental decoding).
@@ -393,7 +393,7 @@ def blockwise_attention(
 
 
 class AttentionRNNState(NamedTuple):
-    """Softmax attention over a set of keys, summarised for one query (methods.md section 7).
+    """Softmax attention over a set of keys, summarised for one query (docs/methods.md section 7).
 
     running_max (...): max score m seen so far (-inf for the empty set);
     normalizer (...): l = sum_j exp(s_j - m);  accumulator (..., Kv): acc = sum_j exp(s_j - m) v_j.

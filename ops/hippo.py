@@ -12,7 +12,7 @@ Conventions (the sources each follows are named in the function docstrings):
 * Time-invariant HiPPO ODE: c'(T) = A c(T) + B u(T), where c_n(T) are the coefficients of the input history
   in an orthonormal basis over a window (LegT, FouT) or under an exponential measure (LagT).
 * LegS (scaled Legendre, whole history [0, T]): c' = (A c + B u) / T. S4 uses the same A in the
-  time-invariant ODE (no 1/T), which gives exponentially decaying, recency-weighted memory (methods.md s3).
+  time-invariant ODE (no 1/T), which gives exponentially decaying, recency-weighted memory (docs/methods.md section 3).
 * Legendre basis on [-1, 1]: g_n(s) = sqrt((2n + 1) / 2) P_n(s) (orthonormal); `legendre_basis` evaluates it.
 * Rescaled coefficients: a scaling with c = lambda * c_scaled has A_scaled[n, k] = A[n, k] lambda_k / lambda_n
   and B_scaled = B / lambda; `legt_scale` / `legs_scale` return lambda so that reconstructions can undo it.
@@ -52,8 +52,8 @@ def legt_scale(n: int, scaling: str = "orthonormal") -> np.ndarray:
 
     "orthonormal": lambda = 1. "paper": lambda = sqrt(2) (the HiPPO/S4 papers' B_n = sqrt(2n + 1)).
     "lmu": lambda_n = sqrt(2 / (2n + 1)), which gives exactly the LMU form
-    A_nk = -(2n+1)/w {1; (-1)^(n-k)} and B_n = (2n + 1)/w that methods.md s2 quotes.
-    [I] methods.md writes lambda_n = 2 / sqrt(2n + 1); that factor gives the same A but
+    A_nk = -(2n+1)/w {1; (-1)^(n-k)} and B_n = (2n + 1)/w of docs/methods.md section 2.
+    [I] The blog's factor lambda_n = 2 / sqrt(2n + 1) gives the same A but
     B_n = (2n + 1) / (sqrt(2) w), so we use sqrt(2 / (2n + 1)) (checked by the tests: all three scalings
     reconstruct the same signal).
     """
@@ -74,7 +74,7 @@ def _rescale(a: np.ndarray, b: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray,
 def legt(n: int, window: float = 1.0, scaling: str = "orthonormal") -> tuple[np.ndarray, np.ndarray]:
     """HiPPO-LegT (translated Legendre, sliding window of length `window`): A (N, N), B (N,), float64.
 
-    Orthonormal form (methods.md s2 [B][V]; same A as the S4 codebase's 'legt'):
+    Orthonormal form (docs/methods.md section 2 [B][V]; same A as the S4 codebase's 'legt'):
       A_nk = -(1/w) sqrt((2n+1)(2k+1)) * (1 if k < n else (-1)^(n-k)),   B_n = (1/w) sqrt(2(2n+1)).
     The state approximates c_n(T) = int_{-1}^{1} u(T - w + (s+1) w/2) g_n(s) ds, so
     u(T - w + (s+1) w/2) ~ sum_n c_n g_n(s). Other scalings ("paper", "lmu") via `legt_scale`. Note the LMU
@@ -104,7 +104,7 @@ def legs(n: int, scaling: str = "paper") -> tuple[np.ndarray, np.ndarray]:
 
       A_nk = -(sqrt((2n+1)(2k+1)) if k < n; n + 1 if k = n; 0 if k > n),
       B_n = sqrt(2n + 1) ("paper", the HiPPO/S4 papers and the S4 codebase) or sqrt(2(2n+1)) ("orthonormal",
-      methods.md s2 [B]).
+      docs/methods.md section 2 [B]).
     A is lower triangular with eigenvalues -1, ..., -N. With the LegS ODE c' = (A c + B u) / T and the
     orthonormal scaling, u((s+1) T/2) ~ sum_n c_n g_n(s).
     """
@@ -203,7 +203,7 @@ class NPLR(NamedTuple):
 
 
 def legs_nplr(n: int, scaling: str = "paper") -> NPLR:
-    """Normal-plus-low-rank form of HiPPO-LegS (methods.md s3): complex128 numpy arrays.
+    """Normal-plus-low-rank form of HiPPO-LegS (docs/methods.md section 3): complex128 numpy arrays.
 
     With P_n = sqrt(n + 1/2) (so P P^T = v v^T / 2, v_n = sqrt(2n + 1)), S = A + P P^T + I/2 is
     skew-symmetric, so -iS is Hermitian. Diagonalising -iS = V diag(w) V^* with a Hermitian eigensolver is
@@ -331,7 +331,7 @@ def legs_online(u: jax.Array, a: jax.Array, b: jax.Array, rule: str = "trapezoid
     """Runs the discretised LegS ODE c' = (A c + B u) / t over a sequence; returns the states (L, N).
 
     states[k] summarises u_0..u_k over [0, (k+1) eps] (the step size cancels: timescale equivariance); u_k is
-    the input on [k eps, (k+1) eps) (e.g. its midpoint sample). The update of methods.md s2 is singular at
+    the input on [k eps, (k+1) eps) (e.g. its midpoint sample). The update of docs/methods.md section 2 is singular at
     k = 0, so the first state is the fixed point for a constant input, x_1 = -A^{-1} B u_0 (the projection of
     a constant: (B_0 u_0, 0, ...) for LegS), then
       x_{k+1} = (I - A / (2(k+1)))^{-1} [(I + A / (2k)) x_k + w_k B u_k],  k = 1, 2, ...

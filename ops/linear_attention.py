@@ -26,7 +26,7 @@ key far below its own largest can still underflow, which is why Performer's atte
 log-feature forms below instead.
 
 All sums accumulate in float32 (float64 for float64 inputs) whatever the input dtype, so bfloat16/float16
-activations cannot overflow the state sums (an LRA defect: anchors.md section 5).
+activations cannot overflow the state sums (an LRA defect: docs/anchors.md section 5).
 
 Evaluation forms:
   bidirectional:   S = phi(K)^T V once: O(B H L F Kv) time, O(B H F Kv) state.

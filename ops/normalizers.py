@@ -117,7 +117,7 @@ def _entmax15_threshold(z: jax.Array) -> jax.Array:
 
     For a support of the k largest entries, sum_{i<=k} (z_(i) - tau)^2 = 1 gives
     tau_k = mean_k - sqrt(1/k - var_k) (mean and variance of the k largest). The right k is the one with
-    z_(k) >= tau_k >= z_(k+1): this is *not* always the largest k with z_(k) >= tau_k (methods.md section 11),
+    z_(k) >= tau_k >= z_(k+1): this is *not* always the largest k with z_(k) >= tau_k (docs/methods.md section 11),
     so every k is scored by how far it violates the two inequalities and the best is taken (robust to
     rounding at ties, where two k give the same tau).
     """

@@ -3,7 +3,7 @@
 Shape legend (shared by the package): B batch, L length, H heads, K key width, Kv value width,
 M number of landmarks.
 
-Nystromformer (Xiong et al. 2021; methods.md section 13, "CUR / Nystrom"): with S = softmax(q k^T / sqrt(K))
+Nystromformer (Xiong et al. 2021; docs/methods.md section 13, "CUR / Nystrom"): with S = softmax(q k^T / sqrt(K))
 the L x L attention matrix, landmarks q~ and k~ (M each, segment means of q and k) give
 
     S ~ F A^+ Bm,   F = softmax(q k~^T / sqrt(K)) (L, M),  A = softmax(q~ k~^T / sqrt(K)) (M, M),
@@ -138,7 +138,7 @@ def nystrom_attention(
 def cur_decomposition(
     matrix: jax.Array, row_indices: jax.Array, col_indices: jax.Array, *, core: str = "skeleton"
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """CUR approximation matrix ~ C U R from chosen rows and columns (methods.md section 13).
+    """CUR approximation matrix ~ C U R from chosen rows and columns (docs/methods.md section 13).
 
     Args:
       matrix: (m, n); row_indices (r,), col_indices (c,) integer.

@@ -3,7 +3,7 @@
 Shape legend (shared by the package): B batch, L length, H heads, K key width, Kv value width, F number of
 random features.
 
-Positive random features (Choromanski et al. 2021; methods.md section 6): with x' = x / K^(1/4),
+Positive random features (Choromanski et al. 2021; docs/methods.md section 6): with x' = x / K^(1/4),
     exp(q' . k') = E_w[ exp(w . q' - |q'|^2 / 2) exp(w . k' - |k'|^2 / 2) ],   w ~ N(0, I_K),
 so phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(F) with the F rows of W as samples. The rows are drawn in
 orthogonal blocks (`gaussian_orthogonal_matrix`), which lowers the variance.

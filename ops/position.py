@@ -3,15 +3,15 @@
 Shape legend (shared by the package): B batch, L length, H heads, K key (head) width.
 
 RoPE rotates consecutive pairs (x[2i], x[2i+1]) of a query or key at position p by the angle p * theta_i,
-theta_i = base^(-2i/K), i < K/2 (interleaved pairs, as in RoFormer and methods.md section 8). Then
+theta_i = base^(-2i/K), i < K/2 (interleaved pairs, as in RoFormer and docs/methods.md section 8). Then
 <R_m q, R_n k> = q^T R_{n-m} k depends on positions only through n - m.
 
-* RoPE + bias (methods.md section 8): rotate (q + a) and (k + b) instead of q and k. The term a^T R_{n-m} b
+* RoPE + bias (docs/methods.md section 8): rotate (q + a) and (k + b) instead of q and k. The term a^T R_{n-m} b
   acts as a relative bias that decays with |n - m|; without the rotation a key bias would cancel in softmax.
 * NoPE: no position encoding at all (`no_position` is the identity; the mixers' position="none").
 * ALiBi: an additive bias -slope_h * |i - j| on the scores, slopes 2^(-8/H), 2^(-16/H), ... .
 
-Length extrapolation (methods.md section 14), s = L_test / L_train the scale factor:
+Length extrapolation (docs/methods.md section 14), s = L_test / L_train the scale factor:
 
 * NTK-aware scaling: base' = base * s^(K / (K - 2)).
 * YaRN: theta_i' = (gamma_i + (1 - gamma_i) / s) theta_i with a ramp gamma_i in the number of rotations
@@ -105,7 +105,7 @@ def apply_rope(
       x: (B, L, H, K) queries or keys.
       positions: (L,) or (B, L), integer or real (real positions serve position interpolation and ReRoPE).
       frequencies: (K/2,) theta_i.
-      bias: None, (K,) or (H, K): added before the rotation (RoPE + bias, methods.md section 8).
+      bias: None, (K,) or (H, K): added before the rotation (RoPE + bias, docs/methods.md section 8).
     Returns (B, L, H, K) in x's dtype; the rotation is computed in float32 (or float64 for float64 input).
     Cost O(B L H K).
     """

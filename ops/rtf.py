@@ -3,17 +3,17 @@
 Shape legend (shared by the package): B batch, L length, H channels, N state size (the order d of the
 rational function), T the fixed truncation length `trunc_len`.
 
-Coefficient convention (methods.md s4, the blog's, chosen because it makes the two forms agree exactly):
+Coefficient convention (docs/methods.md section 4, the blog's, chosen because it makes the two forms agree exactly):
 
     G_T(z) = (b_0 + b_1 z + ... + b_{N-1} z^{N-1}) / (1 + a_1 z + ... + a_N z^N),
 
 with a = (a_1..a_N) and b = (b_0..b_{N-1}). The numerator starts at index 0, so there is no aliasing of a
-t = T term into lag 0 (methods.md pitfall 2, which the official code's b at indices 1..N has); the
+t = T term into lag 0 (docs/methods.md section 4, pitfall 2, which the official code's b at indices 1..N has); the
 feed-through h_0 of the official code is the mixer's separate D u term, outside the kernel.
 
 * Convolutional form: K = IFFT_T(FFT_T(b) / FFT_T(1, a)), cut to the input length. Both polynomials have
   degree < T, so their length-T DFTs are their values at the T-th roots of unity, and K_k (k < T) is exactly
-  the kernel of the companion system below with output row c solving c (I - A^T) = b (methods.md s4: b is
+  the kernel of the companion system below with output row c solving c (I - A^T) = b (docs/methods.md section 4: b is
   C~ = C (I - A^T) of that system). The FFT length is always T, never the input length (pitfall 1: the c
   implied by b depends on T). Inputs longer than T see a kernel that is zero beyond lag T - 1 (as the
   official code); decoding matches the convolution for sequences of length <= T.

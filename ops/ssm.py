@@ -90,7 +90,7 @@ def s4_kernel(
     the two directions of a bidirectional layer; Lambda, P, B may be (N2,) shared by all channels).
     step: (H,) positive step sizes.
 
-    Method (methods.md s3): the truncated generating function sum_{k<L} K_k z^k = C~ (I - z A_bar)^{-1} B_bar
+    Method (docs/methods.md section 3): truncated generating function sum_{k<L} K_k z^k = C~ (I - z A_bar)^{-1} B_bar
     at z_l = exp(-2 pi i l / L) is the DFT of K. Written without the 2/(1+z) factor that is singular at
     z = -1:  G(z) = e C~ [(1 - z) I - (1 + z) (e/2) A]^{-1} B, and with A = Lambda - P P^* the Woodbury
     identity gives, with r = (1 + z) e / 2 and the Cauchy sums k_xy = sum_j x_j y_j / ((1 - z) - r Lambda_j)

@@ -1,11 +1,11 @@
-"""Monarch matrices: products of two block-diagonal factors and permutations (methods.md section 13).
+"""Monarch matrices: products of two block-diagonal factors and permutations (docs/methods.md section 13).
 
 Shape legend: n = p q the matrix size; p, q the two factor sizes (p = q = sqrt(n) in the square case).
 
 A Monarch matrix of size n = p q is M = P^T L P R with (x viewed as a p x q array, row-major)
   R: p blocks of q x q, `right` (p, q, q): block a acts on x[a, :];
   P: the transpose of the p x q view into a q x p view (for p = q, P = P^T = P^{-1} is
-     `x.reshape(m, m).T.reshape(n)`, methods.md's M = P L P R);
+     `x.reshape(m, m).T.reshape(n)`, the M = P L P R of docs/methods.md section 13);
   L: q blocks of p x p, `left` (q, p, p): block b acts on the b-th row of the q x p view;
   then the result is transposed back to the p x q view.
 Entry by entry, with output index (a', b') and input index (a, b) (flattened as a' q + b' and a q + b):
@@ -14,8 +14,8 @@ Entry by entry, with output index (a', b') and input index (a, b) (flattened as 
 
 so for each pair (b', a) the p x q sub-matrix M[(:, b'), (a, :)] is the rank-1 product
 left[b', :, a] right[a, b', :]
-(for p = q this is methods.md's M_{i,j,k,l} = L_{j,i,k} R_{k,j,l}). Parameters: q p^2 + p q^2 = n (p + q),
-2 n^1.5 in the square case; M x costs O(n (p + q)).
+(for p = q this is M_{i,j,k,l} = L_{j,i,k} R_{k,j,l} of docs/methods.md section 13).
+Parameters: q p^2 + p q^2 = n (p + q), 2 n^1.5 in the square case; M x costs O(n (p + q)).
 
 The nearest Monarch matrix in Frobenius norm (`project_to_monarch`) follows from that: reshape A into its
 q p sub-matrices of size p x q and keep each one's top singular pair (O(n^2 min(p, q)) in all).

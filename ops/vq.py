@@ -4,7 +4,7 @@ Shape legend (shared by the package): B batch, L length, H heads, K key (vector)
 Codebooks are per head, (H, S, K), and the vectors they quantise are (..., H, K); a single codebook is the
 case H = 1 (or pass an (S, K) codebook with (..., K) vectors where noted).
 
-What is here (methods.md sections 5 and 12):
+What is here (docs/methods.md sections 5 and 12):
   nearest_code          argmin_s ||x - c_s||^2 from ||x||^2 - 2 x.c + ||c||^2: never builds the (..., S, K)
                         difference tensor; at most (tokens x S) distances, optionally chunked over tokens.
   straight_through      x + sg(q - x): value q, gradient identity.
@@ -15,7 +15,7 @@ What is here (methods.md sections 5 and 12):
                         and the surrogate loss whose plain-SGD step with learning rate 1 IS the EMA update.
   commitment_loss       masked mean over tokens of ||x - sg(q)||^2, summed over heads.
   codebook_loss         the same with the stop-gradient on x (SimVQ trains W through it).
-  soft_assignments      p(s | x) = softmax_s(-||x - c_s||^2 / tau) (soft VQ, methods.md section 6).
+  soft_assignments      p(s | x) = softmax_s(-||x - c_s||^2 / tau) (soft VQ, docs/methods.md section 6).
   kmeans                codebook initialisation by Lloyd iterations on a batch of vectors, seeded by uniformly
                         drawn vectors or by k-means++ (`kmeans_plusplus`).
   restart_dead_codes    replace codes whose EMA count fell below a share of the mean count by random current
@@ -123,7 +123,7 @@ def straight_through(x: Array, quantized: Array) -> Array:
 
 
 def rotation_trick(x: Array, quantized: Array, eps: float = 1e-12) -> Array:
-    """Rotation trick (Fifty et al. 2024; methods.md section 12): value q, Jacobian d out / d x = G.
+    """Rotation trick (Fifty et al. 2024; docs/methods.md section 12): value q, Jacobian d out / d x = G.
 
     G = (|q| / |x|) R with R = I - 2 r r^T + 2 q_hat x_hat^T and r = (x_hat + q_hat) / |x_hat + q_hat|, which
     rotates x_hat onto q_hat, so G x = q. Computed matrix-free with every factor stop-gradiented:

@@ -1,4 +1,5 @@
-"""Transformer-VQ attention: softmax attention over vector-quantised keys in linear time (methods.md 5, 6).
+"""Transformer-VQ attention: softmax attention over vector-quantised keys in linear time
+(docs/methods.md sections 5, 6).
 
 Shape legend (shared by the package): B batch, L length, H heads, K key width, V value width, S codebook
 size, C block length. Queries and keys are (B, L, H, K), values (B, L, H, V), the codebook (H, S, K).
@@ -29,7 +30,7 @@ STE / rotation gradient -- and v); through the cache only to q (via q . c_s). Th
 means) are stop-gradiented (Transformer-XL style) unless grad_through_cache=True. The codebook enters the
 cache scores as given: Transformer-VQ passes a stop-gradiented codebook.
 
-Soft VQ (methods.md section 6). Pass soft assignments a_js = p(s | k_j) and no quantised keys: the cache
+Soft VQ (docs/methods.md section 6). Pass soft assignments a_js = p(s | k_j) and no quantised keys: the cache
 holds soft counts sum_j a_js and the a-weighted mean values, and a local key's score is
 log sum_s a_js exp(q . c_s) (+ bias), so the block algorithm again equals the dense form
 w_ij = exp(b_ij) sum_s a_js exp(q_i . c_s); one-hot a gives back hard VQ.
