@@ -11,7 +11,7 @@ attention with padded keys masked; bidirectional=False is causal (padded keys ma
 Shared options (fields of every mixer):
   num_heads: H; d_model must be divisible by it.
   position: "none" (NoPE), "rope", "rope_bias" (RoPE of q + b_q and k + b_k with learnable biases b_q, b_k
-    (H Kh,), initialised at zero, methods.md section 8), "alibi" (softmax and blockwise only).
+    (H Kh,), initialised at zero, docs/methods.md section 8), "alibi" (softmax and blockwise only).
   rope_base: RoPE base (10000).
   rope_scaling: length extrapolation of RoPE: "none", "ntk" (base * s^(Kh/(Kh-2))), "yarn" (per-frequency
     ramp, q and k times 1 + 0.1 ln s); the softmax mixer also takes "rerope" (needs rerope_window).
@@ -56,7 +56,7 @@ PERFORMER_PROJECTION = "favor_projection"
 
 
 def deepnorm_constants(num_layers: int) -> tuple[float, float]:
-    """DeepNorm (alpha, beta) for an encoder-only (or decoder-only) stack of N layers (methods.md section 10).
+    """DeepNorm (alpha, beta) for an encoder-only (or decoder-only) stack of N layers (docs/methods.md section 10).
 
     alpha = (2N)^(1/4) up-weights the residual in x <- LN(alpha x + G(x)) (post-LN; the encoder applies it);
     beta = (8N)^(-1/4) is the Xavier gain of the value, output and MLP weights -- never of the query and key

@@ -6,7 +6,7 @@ SequenceEncoder: token embedding (or a linear map of real-valued inputs) -> N re
     prenorm:  x + Dropout(GLU(Dropout(GELU(Mixer(Norm(x))))))
     postnorm: Norm(x + Dropout(GLU(Dropout(GELU(Mixer(x))))))
     deepnorm: Norm(alpha * x + Dropout(GLU(Dropout(GELU(Mixer(x)))))), with alpha = (2N)^(1/4) and the GLU and the
-              mixer's value/output projections initialised with Xavier gain beta = (8N)^(-1/4) (methods.md
+              mixer's value/output projections initialised with Xavier gain beta = (8N)^(-1/4) (docs/methods.md
               section 10; mixers that have no `init_scale` option keep their own initialisation)
 
 with GLU(z) = W1 z * sigmoid(W2 z). The mixer is built by name from the registry, so a new mixer runs here

@@ -26,7 +26,7 @@ class LRUMixer(SequenceMixer):
 
     Attributes:
       d_state: N, the number of complex state channels.
-      r_min, r_max: the ring |lambda| is initialised on (uniform in r^2); see anchors.md for per-task rings.
+      r_min, r_max: the ring |lambda| is initialised on (uniform in r^2); per task: docs/anchors.md section 3.
       max_phase: eigenvalue phases are initialised uniform in [0, max_phase].
       scan_method: method of `ops.scan.linear_recurrence`.
       dtype: dtype of the output (None: the input's), e.g. bfloat16 in a mixed-precision encoder. Whatever it

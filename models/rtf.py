@@ -29,7 +29,7 @@ class RTFMixer(SequenceMixer):
     """Rational transfer function SSM, one SISO system of order N per channel (state-free training).
 
     y = K * u + D u with the kernel K = irfft(rfft(b, T) / rfft((1, a), T)) at the fixed truncation length
-    T = trunc_len, cut to the input length (methods.md s4 pitfall 1: the FFT size is never the input length).
+    T = trunc_len, cut to the input length (docs/methods.md section 4, pitfall 1: the FFT size is never the input's).
     Inputs longer than T see a kernel that is zero beyond lag T - 1 (the official code does the same); step-
     by-step decoding reproduces the parallel call exactly for sequences of length <= T.
 
@@ -43,7 +43,7 @@ class RTFMixer(SequenceMixer):
 
     Parameters: a, b (H, N) ("ssm" group), a_bwd, b_bwd for the backward direction of a bidirectional layer
     (its kernel starts at lag 1: ops.ssm.fft_bidirectional_conv), D (H,) ~ N(0, 1) (the official h_0,
-    kept outside the kernel so that no aliasing reaches lag 0: methods.md s4 pitfall 2).
+    kept outside the kernel so that no aliasing reaches lag 0: docs/methods.md section 4, pitfall 2).
     Decoding: the companion-form shift register, state (B, H, N) real, with output row c solving
     c (I - A^T) = b (recomputed at each call: O(H N^3 log T); the update itself is O(B H N)).
     Not implemented from the official module: shared denominators (num_a) and kernel dropout.

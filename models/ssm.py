@@ -6,7 +6,7 @@ the norm, nonlinearity/GLU, dropout and residual). S4 and S4D run D = d_model in
 
 Parameters are real arrays (complex ones as separate real and imaginary parts). The state-space
 parameters (eigenvalues, step sizes, B, and S4's low-rank P) are marked with the "ssm" optimiser group
-(lower lr, no weight decay, anchors.md s3); C stays in the default group and D, a vector, in "no_decay".
+(lower lr, no weight decay, docs/anchors.md section 3); C stays in the default group and D, a vector, in "no_decay".
 
 Mixed precision: every mixer has a `dtype` option, the dtype of its output (None: the input's), e.g. bfloat16
 in a mixed-precision encoder. Whatever it is, the mixers compute in float32 (complex64): inputs are promoted,
@@ -51,7 +51,7 @@ def _normal(stddev: float) -> Init:
 
 
 def _log_step_init(dt_min: float, dt_max: float) -> Init:
-    """log step ~ U[log dt_min, log dt_max] (anchors.md s3: [1e-3, 1e-1])."""
+    """log step ~ U[log dt_min, log dt_max] (docs/anchors.md section 3: [1e-3, 1e-1])."""
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
         return jax.random.uniform(key, shape, dtype, math.log(dt_min), math.log(dt_max))
@@ -110,7 +110,7 @@ class S4Mixer(_SISOConvMixer):
     Attributes:
       d_state: N, the state size of each channel's SISO system (N/2 complex conjugate-pair states stored).
       l_max: L_max, the kernel length. The learned C~ = C_bar (I - A_bar^L_max) is tied to it, so the kernel
-        is always computed at L_max and cut to the input length (methods.md s4 pitfall 1 applies to S4 too);
+        is always computed at L_max and cut to the input length (docs/methods.md section 4, pitfall 1, holds for S4);
         inputs longer than l_max raise ValueError. Set it to the longest sequence of the task.
       dt_min, dt_max: the step size of each channel is initialised log-uniform in [dt_min, dt_max].
       chunk_size: frequencies per chunk of the kernel computation (None: automatic; see ops.ssm.s4_kernel).
@@ -306,7 +306,7 @@ class S5Mixer(SequenceMixer):
 
     Attributes:
       state_size: P, the number of (real-system) states; with conj_sym, P/2 complex states are stored.
-      blocks: J, the number of HiPPO-N blocks (block size P/J, even when conj_sym); anchors.md s3 per task.
+      blocks: J, the number of HiPPO-N blocks (block size P/J, even when conj_sym); per task: docs/anchors.md section 3.
       discretization: "zoh" (default, as S5's LRA runs) or "bilinear".
       dt_min, dt_max: one log step per state ~ U[log dt_min, log dt_max].
       c_init: "trunc_standard_normal" (default), "lecun_normal" or "complex_normal"; see ops.ssm.s5_c_init.

@@ -4,7 +4,7 @@ and ops/vq_attention.py.
 Shapes: B batch, L length, D = d_model, H = num_heads, K = key_dim, V = value_dim (per head), S codebook
 size, C block length.
 
-GAU-style projections of the official implementation (methods.md section 5):
+GAU-style projections of the official implementation (docs/methods.md section 5):
     q = W_q x;  [k, v, g] = W_kvg x;  v = silu(v);  g = silu(g);  y = W_o(attn(q, k, v) * g),
 with q and k normalised without gain or bias and scaled by K^(-1/4) (`ops.vq_attention.normalize_qk`; RMS form
 as in the official code unless qk_norm_center=True), keys quantised per head, and a learned per-distance bias
@@ -14,7 +14,7 @@ has a bias term.
 "vq" quantisers (option `quantizer`):
   "ema"       Transformer-VQ: straight-through keys; codebook C = sg(c_sum / max(c_count, 0.01)) with c_sum
               (H, S, K) and c_count (H, S) in the "codebook" optimiser group, moved by the EMA surrogate loss.
-  "rotation"  as "ema" but the keys' gradient is the rotation trick's (methods.md section 12).
+  "rotation"  as "ema" but the keys' gradient is the rotation trick's (docs/methods.md section 12).
   "simvq"     straight-through keys; codebook = frozen random codes (H, S, K) (stored in the "codebook" group,
               stop-gradiented, so SGD leaves them unchanged) @ W (H, K, K) (initialised to the identity, in
               the no-weight-decay group), trained by the codebook loss.
@@ -22,7 +22,7 @@ Codebook health options of the EMA quantisers (VQAttentionMixer): data-dependent
 update's keys (codebook_init "keys" / "kmeans") and dead-code restarts (dead_code_threshold); off by default
 (Transformer-VQ's random codes, no restarts). Note that a first-layer mixer reading token embeddings without
 positions sees at most vocabulary-size distinct keys, so at most that many codes can be in use.
-"vq_soft": soft VQ (methods.md section 6): p(s | k) = softmax_s(-||k - c_s||^2 / temperature), differentiable,
+"vq_soft": soft VQ (docs/methods.md section 6): p(s | k) = softmax_s(-||k - c_s||^2 / temperature), differentiable,
   no straight-through and no auxiliary losses; the codebook (H, S, K) is learned by backpropagation
   (no-weight-decay group), or frozen random codes if learn_codebook=False (a Performer-like soft VQ).
 
@@ -378,7 +378,7 @@ class VQAttentionMixer(_VQMixerBase):
 
 @register_mixer("vq_soft")
 class SoftVQAttentionMixer(_VQMixerBase):
-    """Soft VQ attention (Performer as a soft Transformer-VQ, methods.md section 6).
+    """Soft VQ attention (Performer as a soft Transformer-VQ, docs/methods.md section 6).
 
     Attributes (besides those of the base):
       temperature: tau of p(s | k) = softmax_s(-||k - c_s||^2 / tau).
