@@ -1,6 +1,6 @@
 """Byte-level tokenisation shared by the text (IMDB) and retrieval (AAN) tasks, and their token caches.
 
-The tokeniser is LRA's `tfds.deprecated.text.ByteTextEncoder()` (lra_data.md sections 3.2, 3.3):
+The tokeniser is LRA's `tfds.deprecated.text.ByteTextEncoder()` (docs/lra_data.md sections 3.2, 3.3):
 
     id = byte + 1   for every byte 0..255      0 = padding      vocabulary 257      no BOS, EOS or OOV id
 

@@ -2,12 +2,12 @@
 
 Tokens are the raw pixel values 0..255 (vocabulary 256, LRA's choice), flattened row-major. Every position is a
 real pixel, so image sequences are NEVER padded, and a black pixel (0) must not be read as padding: LRA's
-transformer builds its mask as `inputs > 0` and so masks black pixels out (lra_data.md section 3.4), which we do
+transformer builds its mask as `inputs > 0` and so masks black pixels out (docs/lra_data.md section 3.4), which we do
 not copy. Their TaskSpecs say `padded=False`, and the trainer then uses an all-True mask instead of `inputs != pad_id`.
 For real-valued inputs (an encoder with vocab_size None) convert each batch with `normalise_pixels`; the splits
 themselves stay integer.
 
-CIFAR-10 (lra_data.md section 3.4) is read from the official python pickles
+CIFAR-10 (docs/lra_data.md section 3.4) is read from the official python pickles
 `<data_dir>/cifar-10-batches-py/{data_batch_1..5,test_batch}` (or `data_dir` pointing at that directory):
 dicts with b"data" (n, 3072) uint8 -- red, green and blue planes of 32x32, each row-major -- and b"labels"
 (n ints 0..9). Grayscale follows `tf.image.rgb_to_grayscale` on uint8, as LRA computes it; see

@@ -1,4 +1,4 @@
-"""ListOps: the generator, the official TSV format, the tokeniser and the loader (lra_data.md sections 3.1, 4).
+"""ListOps: the generator, the official TSV format, the tokeniser and the loader (docs/lra_data.md sections 3.1, 4).
 
 An example is a nested expression over the digits 0-9 with the operators MIN, MAX, MED (median, truncated
 to an int) and SM (sum modulo 10); the label is its value, 0-9. The generator follows LRA's

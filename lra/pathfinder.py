@@ -2,7 +2,7 @@
 
 An example is a grayscale image with two target "snakes" (curvy dashed contours made of short paddles),
 distractor snakes, and two circular markers. Label 1 means both markers sit on the two ends of ONE target
-snake; label 0 means they sit on ends of the two different target snakes (lra_data.md section 5).
+snake; label 0 means they sit on ends of the two different target snakes (docs/lra_data.md section 5).
 
 Generator (section 5). `generate_example` follows [PF] drewlinsley/pathfinder `snakes2.py` / `snakes.py`:
 two seeds `seed_distance` apart, continuity-weighted extension with an exclusion mask, distractor snakes,
@@ -25,7 +25,7 @@ markers by label, min-max bytescale to uint8. Parameters per resolution come fro
   paddles `paddle_contrast * snake_contrast` (as two_snakes does). At resolution 32 that makes distractors
   (contrast 2) brighter than targets (1.5) before the final bytescale, as in the original.
 
-Difficulty (AMBIGUOUS, see lra_data.md 5.1): every LRA docstring sets contour_length = 14, which read
+Difficulty (AMBIGUOUS, see docs/lra_data.md section 5.1): every LRA docstring sets contour_length = 14, which read
 literally would make all three directories "hard". We follow the directory names and the wrapper's comment
 ("from 6 to 14"): easy = curv_baseline = 6 paddles, intermediate = curv_contour_length_9 = 9, hard =
 curv_contour_length_14 = 14; distractor_length = contour_length // 3. num_distractor_snakes is the table's
@@ -128,7 +128,7 @@ FREE_LEVEL = 0.3
 
 @dataclasses.dataclass(frozen=True)
 class PathfinderParams:
-    """Everything that shapes one Pathfinder image ([PF] wrapper `Args`, lra_data.md 5.1).
+    """Everything that shapes one Pathfinder image ([PF] wrapper `Args`, docs/lra_data.md section 5.1).
 
     Lengths are in final pixels; `antialias_scale` is the supersampling factor of the drawing.
     `max_paddle_retrial` bounds re-draws of one paddle, `max_distractor_contour_retrial` of one distractor.
@@ -183,7 +183,7 @@ class PathfinderParams:
             raise ValueError(f"PathfinderParams: margins must be >= 0, got {self.paddle_margin_list}")
 
 
-# Per-resolution values of LRA's TFDS docstrings (lra_data.md 5.1 table); the rest are [PF] wrapper defaults.
+# Per-resolution values of LRA's TFDS docstrings (docs/lra_data.md section 5.1); the rest are [PF] wrapper defaults.
 _RESOLUTION_TABLE: dict[int, dict[str, Any]] = {
     32: dict(padding=1, antialias_scale=2, paddle_margin_list=(1,), seed_distance=7, marker_radius=1.5,
              paddle_length=2, paddle_thickness=0.5, continuity=1.0, num_distractor_snakes=20 // 4,
@@ -543,7 +543,7 @@ def _distractor_snake(
 def generate_example(
     params: PathfinderParams, rng: np.random.Generator, *, return_debug: bool = False
 ) -> tuple[np.ndarray, int] | tuple[np.ndarray, int, dict[str, Any]]:
-    """One Pathfinder image and its label (lra_data.md 5.2).
+    """One Pathfinder image and its label (docs/lra_data.md section 5.2).
 
     Returns:
       (image, label) with image (H, W) uint8, min-max bytescaled to 0..255, and label 0/1; with

@@ -1,4 +1,4 @@
-"""Document retrieval on the ACL Anthology Network (LRA "retrieval"; lra_data.md sections 2 and 3.3).
+"""Document retrieval on the ACL Anthology Network (LRA "retrieval"; docs/lra_data.md sections 2 and 3.3).
 
 Files: `new_aan_pairs.train.tsv`, `new_aan_pairs.eval.tsv` (our "val") and `new_aan_pairs.test.tsv`, either
 directly in `data_dir` or in `<data_dir>/tsv_data/` (the layout of `lra_release/lra_release/`).

@@ -2,7 +2,7 @@
 
 Loaders: `lra.listops.load_listops`, `lra.text.load_text`, `lra.retrieval.load_retrieval`,
 `lra.image.load_cifar10`, `lra.image.load_idx_images` (mnist, pmnist, fashion_mnist) and
-`lra.pathfinder.load_pathfinder` (pathfinder, pathx). The specs follow lra_data.md section 2 (LRA's byte/pixel
+`lra.pathfinder.load_pathfinder` (pathfinder, pathx). The specs follow docs/lra_data.md section 2 (LRA's byte/pixel
 tokenisations). Pixel tasks are never padded: pixel 0 is black, not padding, so their mask is all-True
 (`TaskSpec.padded` is False).
 
@@ -90,7 +90,7 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-# Vocabulary sizes follow LRA's own tokenisation (lra_data.md section 2): ListOps uses our fixed
+# Vocabulary sizes follow LRA's own tokenisation (docs/lra_data.md section 2): ListOps uses our fixed
 # 15-symbol vocabulary plus padding (no OOV id: unknown symbols are an error); text and retrieval use
 # ByteTextEncoder (byte + 1, pad 0); image and pathfinder use the raw pixel value 0..255 as the id.
 register_task(TaskSpec("listops", 2000, 16, 10, False, description="ListOps: evaluate nested MIN/MAX/MED/SM"))

@@ -1,4 +1,4 @@
-"""Text classification on IMDB at the byte level (LRA "text"; lra_data.md sections 2 and 3.2).
+"""Text classification on IMDB at the byte level (LRA "text"; docs/lra_data.md sections 2 and 3.2).
 
 Sources, tried in this order (the first that exists is used; its missing parts are then errors):
 
