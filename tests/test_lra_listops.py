@@ -22,7 +22,7 @@ def make(operator, *args):
 
 
 def reference_generate_tree(rng, depth, max_depth, max_args):
-    """lra_data.md section 4 transcribed line by line (LRA's generate_tree, with an explicit rng)."""
+    """docs/lra_data.md section 4 transcribed line by line (LRA's generate_tree, with an explicit rng)."""
     r = rng.random() if depth < max_depth else 1
     if r > 0.25:
         return rng.choice(range(10)), 1
@@ -41,7 +41,7 @@ def reference_generate_tree(rng, depth, max_depth, max_args):
 
 
 def reference_to_string(tree):
-    """The recursive definition of lra_data.md section 4."""
+    """The recursive definition of docs/lra_data.md section 4."""
     if isinstance(tree, int):
         return str(tree)
     if isinstance(tree, str):

@@ -1,7 +1,7 @@
 """Every mixer end to end, causal and bidirectional, against a float64 reference written from its parameters.
 
 The recurrent mixers (lru, s4, s4d, s5, rtf) are checked against a Python loop over their recurrence in numpy
-complex128, with the discretisation written out from the continuous parameters (methods.md s1-s4), never
+complex128, with the discretisation written out from the continuous parameters (docs/methods.md sections 1 to 4), never
 through ops/: a mixer that shared a bug with its op (Euler for ZOH, a wrong C~ recovery) fails here even when
 step == parallel. Bidirectional layers are checked against the forward loop plus the loop over the reversed
 sequence, combined as each mixer's docstring defines it:
@@ -83,7 +83,7 @@ def _shifted(y_bwd):
 
 
 def _lru_reference(p, u, bidirectional):
-    """h_t = lambda h_{t-1} + gamma (B u_t), y_t = Re(C h_t) + D u_t (methods.md s1)."""
+    """h_t = lambda h_{t-1} + gamma (B u_t), y_t = Re(C h_t) + D u_t (docs/methods.md section 1)."""
     lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
     gamma = np.exp(p["gamma_log"])
     b = p["B_re"] + 1j * p["B_im"]
@@ -101,7 +101,8 @@ def _lru_reference(p, u, bidirectional):
 def _s4_reference(p, u, bidirectional, l_max):
     """Per channel: A = diag(Lambda) - P P^* over the kept states and their conjugates, bilinear
     A_bar = (I - e/2 A)^{-1} (I + e/2 A), B_bar = e (I - e/2 A)^{-1} B, and C_bar = C~ (I - A_bar^l_max)^{-1}
-    (methods.md s3: the learned C~ is C_bar (I - A_bar^L)); x_t = A_bar x_{t-1} + B_bar u_t, y_t = C_bar x_t."""
+    (docs/methods.md section 3: the learned C~ is C_bar (I - A_bar^L));
+    x_t = A_bar x_{t-1} + B_bar u_t, y_t = C_bar x_t."""
     unfold = lambda half: np.concatenate([half, half.conj()], axis=-1)
     lam = unfold(-np.exp(p["Lambda_log_neg_re"]) + 1j * p["Lambda_im"])
     pp, b = unfold(p["P_re"] + 1j * p["P_im"]), unfold(p["B_re"] + 1j * p["B_im"])
@@ -122,7 +123,8 @@ def _s4_reference(p, u, bidirectional, l_max):
 
 
 def _diagonal_discretisation(lam, step, method):
-    """ZOH: exp(e l), (exp(e l) - 1) / l; bilinear: (1 + e l/2) / (1 - e l/2), e / (1 - e l/2) (methods.md s2)."""
+    """ZOH: exp(e l), (exp(e l) - 1) / l; bilinear: (1 + e l/2) / (1 - e l/2), e / (1 - e l/2)
+    (docs/methods.md section 2)."""
     if method == "zoh":
         return np.exp(step * lam), (np.exp(step * lam) - 1) / lam
     return (1 + step * lam / 2) / (1 - step * lam / 2), step / (1 - step * lam / 2)
@@ -163,7 +165,7 @@ def _s5_reference(p, u, bidirectional, discretization):
 def _rtf_reference(p, u, bidirectional, trunc_len):
     """Per channel, the companion system of 1 / (1 + a_1 z + ... + a_N z^N): the shift register
     x_t = (u_t - <a, x_{t-1}>, x_{t-1,0}, ..., x_{t-1,N-2}), y_t = <c, x_t> with c (I - A^T) = b for the
-    truncation length T (methods.md s4); the backward direction has its own a_bwd, b_bwd."""
+    truncation length T (docs/methods.md section 4); the backward direction has its own a_bwd, b_bwd."""
     y = p["D"] * u
     suffixes = [""] + (["_bwd"] if bidirectional else [])
     for h in range(u.shape[1]):

@@ -59,7 +59,7 @@ def test_rope_scores_depend_on_relative_position_only(x64, with_bias):
 
 
 def test_key_bias_cancels_in_softmax_without_rope_but_not_with_it(x64):
-    """methods.md section 8: a key bias b adds q . b to all scores of a query (cancels); with RoPE it does not
+    """docs/methods.md section 8: a key bias b adds q . b to all scores of a query (cancels); with RoPE it does not
     cancel."""
     k, length = 8, 6
     q, keys = jnp.asarray(_random((1, 1, 1, k))), jnp.asarray(_random((1, length, 1, k), seed=1))

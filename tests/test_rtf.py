@@ -68,7 +68,7 @@ def test_convolution_equals_the_companion_recurrence_exactly(x64, length):
 
 
 def test_pitfall_the_kernel_depends_on_the_truncation_length(x64):
-    """methods.md s4 pitfall 1: computing the kernel with FFT size l (the input length) instead of the
+    """docs/methods.md section 4, pitfall 1: computing the kernel with FFT size l (the input length) instead of the
     training trunc_len T gives a different kernel; only the length-T kernel cut to l matches the
     recurrence."""
     rng = np.random.default_rng(2)
@@ -76,7 +76,7 @@ def test_pitfall_the_kernel_depends_on_the_truncation_length(x64):
     a, b = _stable_coefficients(rng, h, n)
     at_trunc_len = np.asarray(rtf_kernel(jnp.asarray(a), jnp.asarray(b), trunc_len))[:, :length]
     at_length = np.asarray(rtf_kernel(jnp.asarray(a), jnp.asarray(b), length))
-    assert np.abs(at_trunc_len - at_length).max() > 1e-3  # methods.md quotes 0.016 in its check
+    assert np.abs(at_trunc_len - at_length).max() > 1e-3  # docs/methods.md section 4 quotes 0.016
     c = np.asarray(rtf_output_coefficients(jnp.asarray(a), jnp.asarray(b), trunc_len))
     for j in range(h):
         expected = _companion_impulse_response(a[j], c[j], length)
@@ -84,7 +84,7 @@ def test_pitfall_the_kernel_depends_on_the_truncation_length(x64):
 
 
 def test_pitfall_the_official_index_convention_aliases_into_lag_zero(x64):
-    """methods.md s4 pitfall 2: with b at indices 1..N (the official layout, a strictly proper system whose
+    """docs/methods.md section 4, pitfall 2: with b at indices 1..N (the official layout, a strictly proper system whose
     true lag-0 response is 0) the length-T inverse DFT returns the circularly aliased response
     sum_m r[k + m T], so index 0 holds r[T] + r[2T] + ... instead of 0. With b at indices 0..N-1 the numerator
     has degree N - 1 and `rtf_kernel` is the exact truncated kernel of the recurrent form (tests above)."""

@@ -4,7 +4,7 @@ Every task file exposes `get_config(variant)` with variant one of
 
     "cpu"              the default: an LRU small enough to train on 2 CPU cores in minutes
     "<mixer>-cpu"      the same small budget with another mixer (e.g. "s5-cpu", "softmax-cpu")
-    "<mixer>"          the published settings for accelerators (anchors.md sections 3 and 4), e.g. "s5", "lru"
+    "<mixer>"          the published settings for accelerators (docs/anchors.md sections 3 and 4), e.g. "s5", "lru"
 
 so `--config=experiments/configs/<task>.py:<variant>` picks one, and any key can still be overridden with
 `--config.<key>=<value>`. Where a paper does not state a value, the choice is marked "assumed" below.
@@ -16,7 +16,7 @@ import math
 
 import ml_collections
 
-# anchors.md section 3: S5 official run scripts (bidirectional, pre-norm BatchNorm, ZOH, conjugate symmetry).
+# docs/anchors.md section 3: S5 official run scripts (bidirectional, pre-norm BatchNorm, ZOH, conjugate symmetry).
 #  task: (depth, H, P, J, batch, epochs, ssm_lr, lr, weight_decay, dropout)
 S5_ANCHORS = {
     "listops": (8, 128, 16, 8, 50, 40, 1e-3, 3e-3, 0.04, 0.0),
@@ -27,7 +27,7 @@ S5_ANCHORS = {
     "pathx": (6, 128, 256, 16, 32, 75, 6e-4, 1.8e-3, 0.06, 0.0),
 }
 
-# anchors.md section 3: LRU paper Table 9 (6 layers, pre-norm BatchNorm, AdamW wd 0.05, 10% warmup + cosine).
+# docs/anchors.md section 3: LRU paper Table 9 (6 layers, pre-norm BatchNorm, AdamW wd 0.05, 10% warmup + cosine).
 #  task: (H, N, steps, batch, lr_factor, dropout, r_min, r_max, max_phase, bidirectional)
 LRU_ANCHORS = {
     "image": (512, 384, 180_000, 50, 0.25, 0.1, 0.9, 0.999, 2 * math.pi, False),
@@ -39,7 +39,7 @@ LRU_ANCHORS = {
 }
 LRU_BASE_LR = 1e-3  # assumed: Table 9 gives the factor for the recurrence parameters, not this base rate
 
-# anchors.md section 3: S4 (state-spaces/s4 LRA configs; 6 layers, BatchNorm, bidirectional, wd 0.05, SSM lr 1e-3).
+# docs/anchors.md section 3: S4 (state-spaces/s4 LRA configs; 6 layers, BatchNorm, bidirectional, wd 0.05, SSM lr 1e-3).
 #  task: (d_model, N, prenorm, dropout, lr, batch, epochs)
 S4_ANCHORS = {
     "listops": (256, 4, False, 0.0, 0.01, 32, 40),
@@ -50,7 +50,7 @@ S4_ANCHORS = {
     "pathx": (256, 64, True, 0.0, 0.001, 16, 50),
 }
 
-# anchors.md section 4: the LRA Transformer baseline (google-research/long-range-arena configs).
+# docs/anchors.md section 4: the LRA Transformer baseline (google-research/long-range-arena configs).
 #  task: (batch, lr, warmup, steps, layers, heads, emb, mlp, pooling)
 TRANSFORMER_ANCHORS = {
     "listops": (32, 0.05, 1000, 5_000, 4, 8, 512, 1024, "cls"),
@@ -81,7 +81,7 @@ def _schedule(c: ml_collections.ConfigDict, steps: int, warmup_fraction: float =
 
 
 def apply_anchor(c: ml_collections.ConfigDict, task: str, mixer: str) -> None:
-    """Sets the published accelerator settings of `mixer` on `task` (anchors.md)."""
+    """Sets the published accelerator settings of `mixer` on `task` (docs/anchors.md sections 3 and 4)."""
     c.model.mixer = mixer
     c.model.norm, c.model.residual = "batch", "prenorm"
     if mixer == "s5":
