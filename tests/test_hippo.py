@@ -50,9 +50,14 @@ def test_legt_scalings_have_the_documented_forms():
     expected = -(2 * row + 1) / w * np.where(col < row, 1.0, (-1.0) ** (row - col))
     np.testing.assert_allclose(a_lmu, expected, rtol=1e-12)
     np.testing.assert_allclose(b_lmu, (2 * q + 1) / w, rtol=1e-12)
-    a_paper, b_paper = hippo.legt(n, w, "paper")
-    np.testing.assert_allclose(a_paper, hippo.legt(n, w)[0], rtol=1e-12)
-    np.testing.assert_allclose(b_paper, np.sqrt(2 * q + 1) / w, rtol=1e-12)
+    # "paper" and "orthonormal": the same A (a constant rescaling of c cancels in A), written out entry by entry
+    # from docs/methods.md section 2; B_n = sqrt(2n + 1) / w and sqrt(2 (2n + 1)) / w.
+    expected = np.array([[-np.sqrt((2 * i + 1) * (2 * j + 1)) / w * (1.0 if j < i else (-1.0) ** (i - j))
+                          for j in range(n)] for i in range(n)])
+    for scaling, b_expected in (("paper", np.sqrt(2 * q + 1) / w), ("orthonormal", np.sqrt(2 * (2 * q + 1)) / w)):
+        a, b = hippo.legt(n, w, scaling)
+        np.testing.assert_allclose(a, expected, rtol=1e-12, err_msg=scaling)
+        np.testing.assert_allclose(b, b_expected, rtol=1e-12, err_msg=scaling)
 
 
 def test_legt_with_the_two_cases_swapped_fails(x64):

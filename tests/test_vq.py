@@ -33,10 +33,10 @@ def test_nearest_code_matches_brute_force(x64):
 def test_nearest_code_per_head_and_chunked(x64):
     x, codebook = _rng_arrays(1, (11, 3, 4), (3, 5, 4))
     codes, sq = vq.nearest_code(x, codebook)
-    for h in range(3):
-        ref_codes, ref_sq = vq.nearest_code(x[:, h], codebook[h])
-        np.testing.assert_array_equal(codes[:, h], ref_codes)
-        np.testing.assert_allclose(sq[:, h], ref_sq, rtol=1e-12)
+    for h in range(3):  # brute force per head: head h of x against codebook h only
+        dist = np.sum((np.asarray(x)[:, h, None, :] - np.asarray(codebook)[h][None]) ** 2, axis=-1)
+        np.testing.assert_array_equal(codes[:, h], dist.argmin(-1))
+        np.testing.assert_allclose(sq[:, h], dist.min(-1), rtol=1e-12)
     chunked_codes, chunked_sq = vq.nearest_code(x, codebook, chunk_size=4)  # 11 = 4 + 4 + 3 (padded)
     np.testing.assert_array_equal(chunked_codes, codes)
     np.testing.assert_allclose(chunked_sq, sq, rtol=1e-12)
@@ -257,6 +257,17 @@ def test_fsq_index_is_a_bijection(levels):
         np.testing.assert_allclose(np.unique(np.asarray(codes)[:, channel]), grid, atol=1e-7)
 
 
+def _fsq_bound_reference(z, levels, eps=1e-3):
+    """The FSQ paper's bound, per channel (docs/methods.md section 12): half_l = (L - 1)(1 - eps) / 2,
+    offset = 0.5 for even L (0 for odd), shift = tan(offset / half_l); bound(z) = tanh(z + shift) half_l - offset."""
+    out = np.empty_like(z)
+    for i, level in enumerate(levels):
+        half_l = (level - 1) * (1 - eps) / 2
+        offset = 0.5 if level % 2 == 0 else 0.0
+        out[..., i] = np.tanh(z[..., i] + np.tan(offset / half_l)) * half_l - offset
+    return out
+
+
 @pytest.mark.parametrize("level", [2, 3, 4, 5, 6, 7, 8])
 def test_fsq_bound_rounds_onto_exactly_level_values(x64, level):
     z = jnp.linspace(-20.0, 20.0, 20001)[:, None]
@@ -270,15 +281,23 @@ def test_fsq_bound_rounds_onto_exactly_level_values(x64, level):
 def test_fsq_quantize_values_indices_and_straight_through_gradient(x64):
     levels = (8, 5, 4)
     z = jnp.asarray(np.random.default_rng(12).normal(size=(50, 3)) * 2)
+    half_width = np.array([4, 2, 2])  # L // 2
+    bounded = _fsq_bound_reference(np.asarray(z), levels)
+    np.testing.assert_allclose(vq.fsq_bound(z, levels), bounded, rtol=1e-12, atol=1e-12)
     codes = vq.fsq_quantize(z, levels)
-    np.testing.assert_allclose(codes, np.round(np.asarray(vq.fsq_bound(z, levels))) / np.array([4, 2, 2]))
+    np.testing.assert_allclose(codes, np.round(bounded) / half_width, atol=1e-12)
+    assert len(np.unique(np.round(bounded), axis=0)) > 20  # many distinct codes, not only the centre
+    # index = sum_i (code_i (L_i // 2) + L_i // 2) basis_i, basis = (1, L_1, L_1 L_2)
     indices = vq.fsq_codes_to_indices(codes, levels)
-    assert int(indices.min()) >= 0 and int(indices.max()) < 160
+    digits = np.round(bounded) + half_width  # 0 .. L_i - 1
+    np.testing.assert_array_equal(indices, digits @ np.array([1, 8, 8 * 5]))
     np.testing.assert_allclose(vq.fsq_indices_to_codes(indices, levels, jnp.float64), codes, atol=1e-12)
-    # Straight-through: d code / d z = bound'(z) / (L // 2).
+    # Straight-through: d code / d z = bound'(z) / (L // 2) = (1 - tanh^2(z + shift)) half_l / (L // 2).
     grad = jax.grad(lambda a: jnp.sum(vq.fsq_quantize(a, levels)))(z)
-    bound_grad = jax.grad(lambda a: jnp.sum(vq.fsq_bound(a, levels) / jnp.array([4.0, 2.0, 2.0])))(z)
-    np.testing.assert_allclose(grad, bound_grad, rtol=1e-12)
+    half_l = (np.array(levels) - 1) * (1 - 1e-3) / 2
+    shift = np.tan(np.where(np.array(levels) % 2 == 0, 0.5, 0.0) / half_l)
+    expected_grad = (1 - np.tanh(np.asarray(z) + shift) ** 2) * half_l / half_width
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-14)  # 1 - tanh^2 cancels near 0
 
 
 def test_fsq_recommended_levels_table():
