@@ -39,7 +39,7 @@ def test_legt_reconstructs_the_last_window(x64, scaling):
     s = np.linspace(-1, 1, 201)
     end = length * step
     error = np.abs(hippo.legendre_basis(n, s) @ c - _smooth(end - window + (s + 1) * window / 2))
-    assert error.max() < 1e-4  # methods.md [V]: 2e-4 at N = 24
+    assert error.max() < 1e-4  # docs/methods.md section 2 [V]: 2e-4 at N = 24
 
 
 def test_legt_scalings_have_the_documented_forms():
@@ -89,7 +89,7 @@ def test_legs_online_reconstructs_the_whole_history(x64):
     trapezoid = _legs_reconstruction_error("paper", "trapezoid", 1000)
     assert trapezoid < 1e-4
     assert _legs_reconstruction_error("orthonormal", "trapezoid", 4000) < trapezoid / 8  # second order
-    # The blog's 1/k input weight is first order and much worse (methods.md quotes ~6e-4 on its signal).
+    # The blog's 1/k input weight is first order and much worse (docs/methods.md section 2 quotes ~6e-4 on its signal).
     assert _legs_reconstruction_error("orthonormal", "blog", 1000) > 10 * trapezoid
 
 
