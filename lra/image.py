@@ -4,8 +4,8 @@ Tokens are the raw pixel values 0..255 (vocabulary 256, LRA's choice), flattened
 real pixel, so image sequences are NEVER padded, and a black pixel (0) must not be read as padding: LRA's
 transformer builds its mask as `inputs > 0` and so masks black pixels out (docs/lra_data.md section 3.4), which we do
 not copy. Their TaskSpecs say `padded=False`, and the trainer then uses an all-True mask instead of `inputs != pad_id`.
-For real-valued inputs (an encoder with vocab_size None) convert each batch with `normalise_pixels`; the splits
-themselves stay integer.
+The splits stay integer: with `model.input_encoding="linear"` the trainer maps each batch's pixels to [-1, 1]
+(experiments/trainer.py, model_inputs).
 
 CIFAR-10 (docs/lra_data.md section 3.4) is read from the official python pickles
 `<data_dir>/cifar-10-batches-py/{data_batch_1..5,test_batch}` (or `data_dir` pointing at that directory):
@@ -518,47 +518,3 @@ def load_idx_images(
         order = pixel_permutation(train_inputs.shape[1], permutation_seed)
         train_inputs, test_inputs = train_inputs[:, order], test_inputs[:, order]
     return _position_splits(train_inputs, train_labels, test_inputs, test_labels, val_size, train_path)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Real-valued inputs.
-
-# (mean, std) in pixel units 0..255 for mode "standardise": S5's CIFAR grayscale Normalize(122.6/255, 61/255).
-CIFAR_GRAY_MEAN_STD = (122.6, 61.0)
-NORMALISE_MODES = ("symmetric", "unit", "standardise")
-
-
-def normalise_pixels(
-    pixels: np.ndarray,
-    mode: str = "symmetric",
-    *,
-    mean_std: tuple[float, float] = CIFAR_GRAY_MEAN_STD,
-    feature_axis: bool = True,
-) -> np.ndarray:
-    """Pixel ids 0..255 -> float32 values for an encoder with real-valued inputs (vocab_size None).
-
-    Modes:
-      "symmetric":   x / 127.5 - 1, in [-1, 1] (S5's Pathfinder inputs, S4's centred option).
-      "unit":        x / 255, in [0, 1] (LRA's normalize=True for its CNN baselines).
-      "standardise": (x - mean) / std with `mean_std` in pixel units; the default (122.6, 61) equals S5's
-                     CIFAR (x/255 - 122.6/255) / (61/255).
-    Args:
-      pixels: (..., L) integer pixel values, e.g. a batch (B, L) of a Split's inputs.
-      feature_axis: append a trailing axis of size 1, giving (..., L, 1) as the encoder expects (B, L, F).
-    """
-    values = np.asarray(pixels)
-    if values.size and (values.min() < 0 or values.max() > 255):
-        raise ValueError(f"pixel values must lie in 0..255, got range [{values.min()}, {values.max()}]")
-    values = values.astype(np.float32)
-    if mode == "symmetric":
-        out = values / np.float32(127.5) - np.float32(1.0)
-    elif mode == "unit":
-        out = values / np.float32(255.0)
-    elif mode == "standardise":
-        mean, std = mean_std
-        if not std > 0:
-            raise ValueError(f"std must be positive, got {std}")
-        out = (values - np.float32(mean)) / np.float32(std)
-    else:
-        raise ValueError(f"unknown normalisation mode {mode!r}; expected one of {NORMALISE_MODES}")
-    return out[..., None] if feature_axis else out

@@ -276,21 +276,7 @@ def test_idx_errors_name_the_file(tmp_path, mnist_arrays):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Normalisation and the padding rule.
-
-
-def test_normalise_pixels_modes():
-    pixels = np.array([[0, 51, 255]], np.int32)
-    symmetric = image.normalise_pixels(pixels)
-    assert symmetric.dtype == np.float32 and symmetric.shape == (1, 3, 1)
-    np.testing.assert_allclose(symmetric[..., 0], [[-1.0, 51 / 127.5 - 1, 1.0]], rtol=1e-6)
-    np.testing.assert_allclose(image.normalise_pixels(pixels, "unit", feature_axis=False), [[0, 0.2, 1]], rtol=1e-6)
-    standard = image.normalise_pixels(pixels, "standardise", feature_axis=False)
-    np.testing.assert_allclose(standard, (pixels / 255 - 122.6 / 255) / (61 / 255), rtol=1e-5)
-    with pytest.raises(ValueError, match="mode"):
-        image.normalise_pixels(pixels, "minmax")
-    with pytest.raises(ValueError, match="0..255"):
-        image.normalise_pixels(np.array([256]))
+# The padding rule.
 
 
 def test_pixel_tasks_are_unpadded_and_fit_the_vocabulary():

@@ -65,9 +65,6 @@ TRANSFORMER_ANCHORS = {
 TRAIN_SIZES = {"listops": 96_000, "text": 22_500, "retrieval": 147_086, "image": 45_000, "pathfinder": 160_000,
                "pathx": 160_000}
 
-STATE_SPACE_MIXERS = ("lru", "s4", "s4d", "s5", "rtf")
-
-
 def _steps(task: str, epochs: int, batch: int) -> int:
     return epochs * TRAIN_SIZES[task] // batch
 
