@@ -702,6 +702,22 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def check_workdir_contents(workdir: str) -> dict | None:
+    """The saved config.json of an existing workdir (None for a new one), read before anything is written:
+    WorkdirError when it is damaged, ConfigMismatchError when checkpoints lie there without one (nothing then
+    says which model they belong to)."""
+    if not workdir_lib.path(workdir).is_dir():
+        return None
+    saved = workdir_lib.read_json(workdir, "config.json")
+    if saved is None:
+        steps = workdir_lib.checkpoint_steps(workdir) + workdir_lib.checkpoint_steps(workdir, "best")
+        if steps:
+            raise ConfigMismatchError(
+                f"{workdir} holds checkpoints (steps {sorted(set(steps))}) but no config.json, so nothing says which "
+                "model they belong to; nothing was touched. Use another --workdir, or restore its config.json")
+    return saved
+
+
 def check_and_save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Writes workdir/config.json, or, on a restart, checks the config against the saved one.
 
@@ -713,13 +729,7 @@ def check_and_save_config(config: ml_collections.ConfigDict, workdir: str) -> No
     * anything else differs: ConfigMismatchError naming every differing key with both values.
     """
     current = json.loads(config.to_json())
-    saved = workdir_lib.read_json(workdir, "config.json")
-    if saved is None:
-        steps = workdir_lib.checkpoint_steps(workdir) + workdir_lib.checkpoint_steps(workdir, "best")
-        if steps:
-            raise ConfigMismatchError(
-                f"{workdir} holds checkpoints (steps {sorted(set(steps))}) but no config.json, so nothing says which "
-                "model they belong to; nothing was touched. Use another --workdir, or restore its config.json")
+    saved = check_workdir_contents(workdir)
     if saved is not None:
         old, new = _flatten(saved), _flatten(current)
         # A key that a newer version of the schema added, at its default value, changes nothing.
@@ -866,6 +876,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
     check_workdir(workdir)
     if is_writer:  # before the data are read or generated (Path-X: an hour), not at the first checkpoint
         workdir_lib.WorkdirLock(workdir).check()  # another live trainer: fail now, not after reading the data
+        check_workdir_contents(workdir)  # a damaged config.json, or checkpoints of an unknown model
         check_checkpoint_space(workdir, abstract_state, config.train.keep_checkpoints)
 
     splits = data_lib.load_splits(config)  # every data error surfaces here, before compilation

@@ -17,6 +17,7 @@ Files written here besides the checkpoints (experiments/trainer.py):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -158,31 +159,47 @@ def _alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-    """An exclusive lock per workdir (workdir/lock.json: host, pid, time), so that two trainers never share one.
+    """An exclusive lock per workdir, so that two trainers never share one (a double submission, a requeue while
+    the old job still runs).
 
-    Taken atomically (O_CREAT | O_EXCL) before the first write into the workdir; refreshed every HEARTBEAT_SECONDS
-    by a daemon thread; removed when the run ends. A lock left by a dead process is stale and taken over: on this
-    host when its pid no longer runs, for another host when its heartbeat is older than STALE_AFTER_SECONDS. The
-    takeover renames the stale file first, so of two processes taking over at once only one succeeds. Local
-    workdirs only: object stores have no atomic create (a remote workdir is not locked; a warning says so).
+    The lock is an flock(2) on workdir/lock.json, taken before the first write into the workdir and held until the
+    run ends; the file names the holder (host, pid, start, heartbeat every HEARTBEAT_SECONDS) for the refusal
+    message. The kernel releases an flock when its process dies, so the lock of a killed trainer is free at once:
+    the next trainer takes it over (with a warning naming the dead holder). As a second guard, for file systems
+    that do not carry flocks between hosts, a record of a live process on this host, or of another host with a
+    heartbeat younger than STALE_AFTER_SECONDS, also counts as held. Where flock is not supported at all the
+    lock falls back to an atomic create of the file (O_EXCL through a hard link, so the file is never seen
+    half-written) with the same staleness rules. Object-store workdirs are not locked (a warning says so).
     """
 
     def __init__(self, workdir: str) -> None:
         self.workdir = workdir
         self.file = os.path.join(workdir, LOCK_NAME)
         self.held = False
+        self._fd: int | None = None
         self._stop = None
+        self._started = time.time()
+
+    # -- the record
 
     def holder(self) -> dict | None:
-        """The lock's record, or None when there is no lock (or it is unreadable, which counts as stale)."""
-        try:
-            with open(self.file, "rb") as f:
-                record = json.loads(f.read().decode("utf-8"))
-            return record if isinstance(record, dict) else {}
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}
+        """The lock file's record: None when there is no file or it is empty (free), {} when unreadable."""
+        for attempt in range(5):  # the holder may be rewriting its heartbeat this instant
+            try:
+                with open(self.file, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                return None
+            except OSError:
+                return {}
+            if not data.strip():
+                return None
+            try:
+                record = json.loads(data.decode("utf-8"))
+                return record if isinstance(record, dict) else {}
+            except ValueError:
+                time.sleep(0.01 * (attempt + 1))
+        return {}
 
     def stale_reason(self, record: dict) -> str | None:
         """Why a lock record belongs to no live process (None: its holder may be alive)."""
@@ -194,19 +211,44 @@ class WorkdirLock:
         age = time.time() - beat
         return f"its heartbeat is {age:.0f} s old" if age > STALE_AFTER_SECONDS else None
 
-    def check(self) -> None:
-        """Fails when a live process holds the lock (called before the data are read, to fail fast)."""
-        if is_remote(self.workdir) or not os.path.isdir(self.workdir):
-            return
-        record = self.holder()
-        if record is not None and record.get("pid") != os.getpid() and self.stale_reason(record) is None:
-            raise self._busy(record)
+    def _record(self) -> bytes:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
+                           "started": self._started}).encode()
 
-    def _busy(self, record: dict) -> WorkdirLockedError:
+    def _busy(self, record: dict | None) -> WorkdirLockedError:
+        record = record or {}
+        started = record.get("started", record.get("time"))
+        when = f", started {time.ctime(started)}" if isinstance(started, (int, float)) else ""
         return WorkdirLockedError(
-            f"--workdir={self.workdir} is in use by process {record.get('pid')} on host {record.get('host')} "
-            f"(lock {self.file}, started {time.ctime(record.get('started', record.get('time', 0)))}); wait for it to "
-            f"end or stop it, or use another --workdir")
+            f"--workdir={self.workdir} is in use by process {record.get('pid', '?')} on host "
+            f"{record.get('host', '?')} (lock {self.file}{when}); wait for it to end or stop it, or use another "
+            "--workdir")
+
+    def _held_by_record(self, record: dict | None) -> bool:
+        """A live holder by the record alone (the second guard)."""
+        return bool(record) and record.get("pid") != os.getpid() and self.stale_reason(record) is None
+
+    # -- taking and releasing
+
+    def check(self) -> None:
+        """Fails when another live process holds the lock (called before the data are read, to fail fast)."""
+        if is_remote(self.workdir) or not os.path.isdir(self.workdir) or not os.path.exists(self.file):
+            return
+        import fcntl
+
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._busy(self.holder()) from None
+            except OSError:
+                pass  # no flock here: the record decides
+            record = self.holder()
+            if self._held_by_record(record):
+                raise self._busy(record)
+        finally:
+            os.close(fd)  # also drops the shared flock
 
     def acquire(self) -> None:
         if is_remote(self.workdir):
@@ -214,68 +256,107 @@ class WorkdirLock:
 
             logging.warning("%s is an object store: it is not locked against a second trainer", self.workdir)
             return
+        import fcntl
+
+        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._busy(self.holder()) from None
+        except OSError:  # flock not supported by this file system
+            os.close(fd)
+            self._acquire_by_create()
+            return
+        record = self.holder()
+        if self._held_by_record(record):
+            os.close(fd)
+            raise self._busy(record)
+        if record:
+            self._warn_takeover(record)
+        self._fd = fd
+        self._write_fd()
+        self.held = True
+        self._start_heartbeat()
+
+    def _warn_takeover(self, record: dict) -> None:
+        from absl import logging
+
+        logging.warning("taking over the stale lock %s of process %s on %s: %s", self.file, record.get("pid"),
+                        record.get("host"), self.stale_reason(record) or "it no longer holds the lock")
+
+    def _write_fd(self) -> None:
+        data = self._record()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        os.fsync(self._fd)
+
+    def _acquire_by_create(self) -> None:
+        """Fallback without flock: the lock file is created complete (written to a temporary file, then hard-
+        linked into place, which fails if the lock exists); a stale one is renamed away first."""
+        tmp = f"{self.file}.new.{os.getpid()}"
         for _ in range(3):
+            with open(tmp, "wb") as f:
+                f.write(self._record())
+                f.flush()
+                os.fsync(f.fileno())
             try:
-                fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.link(tmp, self.file)
             except FileExistsError:
                 record = self.holder()
                 if record is None:
-                    continue  # removed meanwhile: try again
-                reason = self.stale_reason(record)
-                if reason is None:
+                    continue
+                if self.stale_reason(record) is None:
                     raise self._busy(record) from None
-                from absl import logging
-
-                logging.warning("taking over the stale lock %s of process %s on %s: %s", self.file,
-                                record.get("pid"), record.get("host"), reason)
-                try:
+                self._warn_takeover(record)
+                with contextlib.suppress(FileNotFoundError):
                     os.rename(self.file, f"{self.file}.stale.{os.getpid()}")
                     os.remove(f"{self.file}.stale.{os.getpid()}")
-                except FileNotFoundError:
-                    pass  # another process took it over first; it now holds a fresh lock or will
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(self._record(started=time.time())))
-                f.flush()
-                os.fsync(f.fileno())
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
             self.held = True
             self._start_heartbeat()
             return
-        record = self.holder() or {}
-        raise self._busy(record)
-
-    def _record(self, started: float) -> dict:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "started": started}
+        raise self._busy(self.holder())
 
     def _start_heartbeat(self) -> None:
         import threading
 
-        record = self.holder() or {}
-        started = record.get("started", time.time())
         self._stop = threading.Event()
 
         def beat() -> None:
             while not self._stop.wait(HEARTBEAT_SECONDS):
-                if (self.holder() or {}).get("pid") != os.getpid():
-                    return  # taken over (this process was presumed dead): stop touching it
-                tmp = f"{self.file}.tmp.{os.getpid()}"
                 try:
-                    with open(tmp, "w") as f:
-                        f.write(json.dumps(self._record(started)))
-                    os.replace(tmp, self.file)
+                    if self._fd is not None:
+                        self._write_fd()
+                    elif (self.holder() or {}).get("pid") == os.getpid():
+                        tmp = f"{self.file}.tmp.{os.getpid()}"
+                        with open(tmp, "wb") as f:
+                            f.write(self._record())
+                        os.replace(tmp, self.file)
+                    else:
+                        return  # taken over (this process was presumed dead): stop touching it
                 except OSError:
                     pass  # a full disk: the next beat tries again
 
-        threading.Thread(target=beat, name="workdir-lock-heartbeat", daemon=True).start()
+        self._thread = threading.Thread(target=beat, name="workdir-lock-heartbeat", daemon=True)
+        self._thread.start()
 
     def release(self) -> None:
+        """Frees the lock: the record is cleared (the file stays, so no other process can flock a stale inode)."""
         if not self.held:
             return
         if self._stop is not None:
             self._stop.set()
-        if (self.holder() or {}).get("pid") == os.getpid():
-            try:
+            self._thread.join(timeout=10)  # no heartbeat may write through a closed (and reused) descriptor
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # drops the flock
+            self._fd = None
+        elif (self.holder() or {}).get("pid") == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(self.file)
-            except FileNotFoundError:
-                pass
         self.held = False

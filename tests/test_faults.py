@@ -99,7 +99,20 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(copy, cache, caplog):
         results = trainer.train_and_evaluate(tiny_config(cache, **{"train.num_steps": 15}), str(copy),
                                              progress=False)
     assert results["steps"] == 15 and "taking over the stale lock" in caplog.text
-    assert not (copy / "lock.json").exists()  # released at the end
+    assert workdir_lib.WorkdirLock(str(copy)).holder() is None  # released at the end (the record is cleared)
+
+
+def test_of_several_processes_taking_the_lock_at_the_same_moment_exactly_one_wins(tmp_path):
+    """The soak found two trainers running at once: one read the other's lock file before its content was written
+    and took it for stale. Now the flock decides."""
+    start = time.time() + 3.0
+    code = ("import sys, time; from experiments.workdir import WorkdirLock, WorkdirLockedError\n"
+            f"lock = WorkdirLock({str(tmp_path)!r}); time.sleep(max({start} - time.time(), 0))\n"
+            "try:\n    lock.acquire()\nexcept WorkdirLockedError:\n    print('busy'); sys.exit(0)\n"
+            "print('won'); sys.stdout.flush(); time.sleep(2.0); lock.release()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outcomes == ["busy"] * 5 + ["won"], outcomes
 
 
 def test_a_lock_of_another_host_is_stale_only_when_its_heartbeat_is_old(copy, cache):
