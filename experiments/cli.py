@@ -49,6 +49,7 @@ def flags_parser(program: str):
     FATAL block."""
 
     def parse(argv: list[str]) -> list[str]:
+        """Parses argv with absl's flags; a bad flag exits 2 with one line."""
         try:
             return flags.FLAGS(argv)
         except flags.Error as error:

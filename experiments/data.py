@@ -28,6 +28,8 @@ PATHFINDER_RESOLUTION = {"pathfinder": 32, "pathx": 128}
 
 
 def cache_root(config: ml_collections.ConfigDict) -> str:
+    """Where generated data and preprocessed arrays are cached: data.cache_dir, else $LRA_MIXERS_CACHE, else
+    ~/.cache/lra-mixers (absolute)."""
     root = config.data.cache_dir or os.environ.get("LRA_MIXERS_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "lra-mixers")
     return os.path.abspath(root)

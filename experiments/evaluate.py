@@ -21,6 +21,7 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best (by validation acc
 
 
 def main(argv: list[str]) -> None:
+    """The entry point after flag parsing: evaluates and prints one JSON line (exit 1 with one line on an error)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from experiments import cli

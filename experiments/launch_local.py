@@ -167,6 +167,7 @@ def exit_status(codes: Sequence[int]) -> int:
 
 
 def main(argv: list[str]) -> None:
+    """The entry point: launches the processes and exits with their combined status."""
     values = flags.FLAGS
     try:
         codes = launch(argv[1:], values.num_processes, devices_per_process=values.devices_per_process,

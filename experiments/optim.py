@@ -22,6 +22,8 @@ from models.param_groups import CODEBOOK, DEFAULT, NO_DECAY, SSM
 
 
 def schedule(peak: float, optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """The learning-rate schedule: linear warmup from 0 to `peak` over optim.warmup_steps, then a cosine decay to
+    peak * end_lr_fraction at `num_steps`."""
     warmup = min(optim.warmup_steps, max(num_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup,

@@ -571,6 +571,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
+    """The entry point: prints the table and writes --out and --plot."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     values = flags.FLAGS

@@ -139,6 +139,7 @@ def tmp_dirs(workdir: str) -> set[str]:
 
 
 def complete_steps(workdir: str) -> list[int]:
+    """The steps of the complete checkpoints in workdir/checkpoints, sorted."""
     directory = os.path.join(workdir, "checkpoints")
     try:
         return sorted(int(e) for e in os.listdir(directory) if e.isdigit())
@@ -200,6 +201,7 @@ class Launch:
 
 
 def child_env(options: SoakOptions) -> dict[str, str]:
+    """The environment of every launch: CPU, optionally fast compilation and the shared compilation cache."""
     env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
     if options.fast_compile:
@@ -257,6 +259,7 @@ def compare(reference: str, workdir: str, step: int) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Cycle:
+    """One cycle: a fresh workdir trained to the end through kills and injected faults, and what happened."""
     workdir: str
     launches: int = 0
     kills: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
@@ -285,6 +288,7 @@ class Cycle:
 
 
 class Soak:
+    """The soak driver: the reference run, then cycles until the wall time is used (see the module docstring)."""
     def __init__(self, options: SoakOptions) -> None:
         self.options = options
         self.rng = random.Random(options.seed)
@@ -317,6 +321,7 @@ class Soak:
         return not self.options.max_kills or self.total_kills < self.options.max_kills
 
     def run_reference(self) -> None:
+        """Runs the uninterrupted reference and measures start-up and step times for aiming the kills."""
         start = time.time()
         launch = self._launch(self.reference)
         while launch.alive() and time.time() - start < self.options.launch_timeout:
@@ -336,6 +341,7 @@ class Soak:
                  f"{1e3 * self.step_seconds:.0f} ms per step with checkpoints and validation)")
 
     def run(self) -> dict[str, Any]:
+        """Runs the reference and the cycles; returns the report (also written as JSON)."""
         options = self.options
         # A previous soak's runs and logs go (its compilation cache and generated data stay).
         for stale in [self.reference, self.logs] + [os.path.join(options.workdir, d)
@@ -355,6 +361,7 @@ class Soak:
         return report
 
     def run_cycle(self, workdir: str) -> None:
+        """Trains one fresh workdir to the end through kills and faults, then compares it with the reference."""
         cycle = Cycle(workdir)
         self.cycles.append(cycle)
         start = time.time()
@@ -581,6 +588,7 @@ class Soak:
         return True
 
     def report(self, seconds: float) -> dict[str, Any]:
+        """The report: totals over the cycles and each cycle's events."""
         cycles = [dataclasses.asdict(c) for c in self.cycles]
         kills = {kind: sum(c.kills[kind] for c in self.cycles) for kind in KINDS}
         finished = [c for c in self.cycles if c.finished]
@@ -626,6 +634,7 @@ def run_soak(options: SoakOptions) -> dict[str, Any]:
 
 
 def summary(report: dict[str, Any]) -> str:
+    """A human-readable summary of a soak report."""
     t = report["totals"]
     lines = [
         f"soak {'PASSED' if report['ok'] else 'FAILED'} after {report['seconds']:.0f} s "
@@ -680,6 +689,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
+    """The entry point: runs the soak from the flags, prints the summary, exits 0 only when it passed."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every read of the final checkpoints at INFO

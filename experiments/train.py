@@ -55,6 +55,7 @@ class UsageError(Exception):
 
 
 def task_config_names() -> list[str]:
+    """The packaged task configs (experiments/configs/<name>.py), sorted."""
     return sorted(name[:-3] for name in os.listdir(CONFIG_DIR)
                   if name.endswith(".py") and name not in NOT_TASK_FILES)
 
@@ -155,6 +156,7 @@ def _usage_exit(message: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    """The entry point after flag parsing: --list, validation, multi-host setup, the run, the results."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if _LIST.value:
@@ -210,6 +212,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+    """python -m experiments.train."""
     app.run(main, flags_parser=parse_flags)
 
 

@@ -109,6 +109,7 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self):
+        """Installs the handlers for the duration of the block (main thread only) and restores the previous ones."""
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be installed from the main thread
             return
@@ -128,6 +129,9 @@ LENGTH_OPTIONS = ("l_max", "trunc_len", "max_decode_len")  # mixer options that 
 
 
 def build_model(config: ml_collections.ConfigDict, spec: lra.TaskSpec) -> nn.Module:
+    """The task's model for a config: the shared SequenceEncoder with the configured mixer, under a Classifier (or
+    a DualClassifier for dual-input tasks). Raises ConfigValueError for an input encoding or dtype the task cannot
+    take."""
     model_cfg = config.model
     mixer_options = model_cfg.get(model_cfg.mixer)
     mixer_options = mixer_options.to_dict() if mixer_options is not None else {}
@@ -178,6 +182,8 @@ def init_variables(model: nn.Module, config: ml_collections.ConfigDict, spec: lr
 
 def create_state(model: nn.Module, config: ml_collections.ConfigDict, spec: lra.TaskSpec
                  ) -> tuple[State, optax.GradientTransformation, Any]:
+    """The initial train state {step, params, collections, opt_state}, the optimiser and the parameter-group
+    labels."""
     variables = init_variables(model, config, spec)
     labels = param_groups.group_labels(variables["params"])
     variables = param_groups.unbox(variables)
@@ -211,6 +217,8 @@ def sown_metrics(collection: Any) -> dict[str, jax.Array]:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: int, prepare: Prepare
                     ) -> Callable[[State, dict], tuple[State, dict]]:
+    """The (unjitted) train step: loss, gradients, the optimiser update, non-finite checks (see the comment inside)
+    and per-step metrics; dropout keys are a function of (seed, step)."""
     base_key = jax.random.key(seed)
 
     def train_step(state: State, batch: dict) -> tuple[State, dict]:
@@ -285,6 +293,8 @@ def describe_nonfinite(leaf_finite: np.ndarray, param_names: list[str]) -> str:
 
 
 def make_eval_step(model: nn.Module, prepare: Prepare) -> Callable[[State, dict], dict]:
+    """The (unjitted) eval step: weighted sums of correct predictions, loss and the count of real examples of a
+    batch."""
     def eval_step(state: State, batch: dict) -> dict:
         inputs, mask = prepare(batch["inputs"])
         labels, weights = batch["labels"], batch["weights"]
@@ -312,9 +322,11 @@ class DataParallel:
 
     @property
     def num_devices(self) -> int:
+        """The number of devices of the mesh (all processes)."""
         return self.mesh.size
 
     def check_batch_size(self, batch_size: int, flag: str) -> None:
+        """Raises ConfigValueError unless `batch_size` divides over the devices and the processes."""
         if batch_size % self.num_devices or batch_size % jax.process_count():
             raise ConfigValueError(f"--config.{flag}={batch_size} must be divisible by the number of devices "
                              f"({self.num_devices}) and of processes ({jax.process_count()})")
@@ -325,6 +337,7 @@ class DataParallel:
                 for k, v in local_batch.items()}
 
     def replicate(self, tree: Any) -> Any:
+        """Places a pytree on every device, replicated."""
         return jax.device_put(tree, self.replicated)
 
 
@@ -436,12 +449,14 @@ class Checkpoints:
                 self._check(manager, step)
 
     def save(self, step: int, state: State, meta: dict) -> None:
+        """Starts saving the checkpoint of `step` (replacing a damaged one of that step that restore skipped)."""
         if step in self.latest.all_steps():  # a damaged checkpoint that restore skipped: replace it
             self.latest.delete(step)
         self._save(self.latest, step, state, meta)
 
     def save_best(self, step: int, state: State, meta: dict) -> None:
         # A resumed run that re-validates a step already saved here reproduces the same state: keep the old one.
+        """Starts saving `state` as the best checkpoint (kept: 1), unless this step is already saved there."""
         if step not in self.best.all_steps():
             self._save(self.best, step, state, meta)
 
@@ -494,6 +509,7 @@ class Checkpoints:
         return self._restore_newest(self.latest, abstract_state)
 
     def restore_step(self, step: int, abstract_state: Any) -> tuple[State, dict]:
+        """The checkpoint of `step` (state, meta); CheckpointError naming the kept steps when there is none."""
         if step not in self.latest.all_steps():
             raise CheckpointError(f"{self.latest.directory} holds no checkpoint of step {step}; it holds steps "
                                   f"{sorted(self.latest.all_steps())}")
@@ -504,12 +520,14 @@ class Checkpoints:
         return self._restore_newest(self.best, abstract_state)
 
     def wait(self) -> None:
+        """Waits for every save in flight and checks each one finished (CheckpointError otherwise)."""
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
         for manager, step in list(self._pending):
             self._check(manager, step)
 
     def close(self) -> None:
+        """Releases the resources; call once, after wait()."""
         self.latest.close()
         self.best.close()
 
@@ -619,6 +637,7 @@ class MetricWriter:
             os.close(directory)
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        """Appends one record {step, split, **metrics} to metrics.jsonl and the TensorBoard events."""
         if not self.enabled:
             return
         line = json.dumps({"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}) + "\n"
@@ -633,6 +652,7 @@ class MetricWriter:
         self.tensorboard.flush()
 
     def close(self) -> None:
+        """Releases the resources; call once, after wait()."""
         if self.enabled:
             self.tensorboard.close()
 
@@ -806,12 +826,14 @@ class Progress:
                 print(text, file=sys.stderr)
 
     def step(self, **metrics: float) -> None:
+        """Advances the bar by one step, showing the latest metrics."""
         if self.bar is not None:
             if metrics:
                 self.bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
             self.bar.update(1)
 
     def close(self) -> None:
+        """Releases the resources; call once, after wait()."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -822,6 +844,8 @@ class Progress:
 
 def evaluate(eval_step: Callable, state: State, split: lra.Split, config: ml_collections.ConfigDict,
              parallel: DataParallel) -> dict[str, float]:
+    """Accuracy and mean loss of `state` on a whole split (exact: padding examples of the last batch carry weight
+    0)."""
     totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
     for batch in eval_batches(split, config.train.eval_batch_size, process_index=jax.process_index(),
                               process_count=jax.process_count()):

@@ -44,11 +44,13 @@ class WorkdirError(ValueError):
 
 
 def scheme(workdir: str) -> str | None:
+    """The URL scheme of a workdir ("gs", "s3", ...), or None for a local path."""
     match = _SCHEME.match(workdir)
     return match.group(1).lower() if match else None
 
 
 def is_remote(workdir: str) -> bool:
+    """Whether the workdir is an object-store URL rather than a local path."""
     return scheme(workdir) is not None
 
 
@@ -251,6 +253,7 @@ class WorkdirLock:
             os.close(fd)  # also drops the shared flock
 
     def acquire(self) -> None:
+        """Takes the lock or raises WorkdirLockedError naming the holder (see the class docstring)."""
         if is_remote(self.workdir):
             from absl import logging
 

@@ -15,6 +15,7 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """A fresh ConfigDict of the schema with the defaults above (task files start from it)."""
     c = ml_collections.ConfigDict()
     c.task = "listops"
     c.seed = 0

@@ -12,6 +12,8 @@ from experiments.configs.base import base_config
 
 
 def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
+    """The config of `variant`: "cpu" (default), "<mixer>-cpu" or "<mixer>" (published settings); see
+    experiments/configs/common.py."""
     mixer, cpu = common.parse_variant(variant)
     c = base_config()
     c.task = "text"
