@@ -2,6 +2,7 @@
 
     python -m experiments.bench --quick --out=/tmp/bench/quick.json
     python -m experiments.bench --suites=scan --scan_lengths=1024,4096,16384 --out=/tmp/bench/scan.json
+    python -m experiments.bench --compile_only --out=/tmp/bench/plan.json   # each case's memory; nothing is run
 
 Suites (`--suites`, comma separated):
   scan     `ops.scan.linear_recurrence` forward and forward+backward (grad of a scalar loss w.r.t. a and b)
@@ -15,9 +16,15 @@ Suites (`--suites`, comma separated):
   decode   one decoding step (mixer.step) at context lengths L for every causal mixer with init_state / step,
            against softmax attention with a key-value cache of L entries.
 
-Method. Every case is jitted and compiled first; its memory is XLA's compiled memory analysis
-(temp_size_in_bytes: the scratch buffers beyond arguments and outputs; deterministic). A case whose compiled
-temp memory exceeds --max_memory_gb is skipped with a note instead of run. Then one warm-up call, after which
+Method. Every case is jitted and compiled first; its memory is XLA's compiled memory analysis (arguments,
+outputs, donated aliases and temp_size_in_bytes, the scratch buffers beyond arguments and outputs;
+deterministic). A case runs only if everything it holds at once fits in --max_memory_gb: its arguments +
+outputs - donated aliases + temp, plus the host (numpy) arrays alive while it runs (the scan suite's copy
+destination and the reference outputs kept for the correctness check); otherwise it is skipped with a note
+giving each figure. The scan suite compiles on abstract shapes first and builds a size's inputs only if one of
+its cases fits. The default budget is the smaller of DEFAULT_MAX_MEMORY_GB and half of this machine's memory
+(experiments.memory.machine_memory: host RAM on CPU), so the default run of every suite fits a 24 GiB machine
+with room for other processes. Then one warm-up call, after which
 all cases of one size (methods and baselines together) are timed round-robin, `--repeats` rounds, to spread
 machine drift over all of them; a repetition runs enough back-to-back calls (each blocked with
 block_until_ready) to last --min_repeat_seconds, and the reported time per call is the median over repetitions
@@ -70,6 +77,8 @@ A_KINDS = ("time_invariant", "time_varying")
 SUITES = ("scan", "mixers", "decode")
 SUMMARY_SCAN_LENGTH = 16384
 GIB = 1024**3
+# --max_memory_gb when not given: at most this, and at most half of the machine's memory (memory_budget_bytes).
+DEFAULT_MAX_MEMORY_GB = 10.0
 
 SUMMARY_DEFINITIONS = {
     "scan_fwd_speedup_vs_associative": (
@@ -131,11 +140,12 @@ class Settings:
     repeats: int = 5
     min_repeat_seconds: float = 0.05
     case_budget_seconds: float = 60.0
-    max_memory_gb: float = 6.0
+    max_memory_gb: float | None = None  # None: min(DEFAULT_MAX_MEMORY_GB, half the machine's memory)
     hang_seconds: float = 1800.0
     import_all_model_modules: bool = True
     seed: int = 0
     mixer_overrides: Sequence[str] = ()  # "NAME.OPTION=VALUE" (Python literal), e.g. "softmax.num_heads=1"
+    compile_only: bool = False  # compile every case and record its memory and skip decision; time nothing
 
     def validate(self) -> None:
         unknown = sorted(set(self.suites) - set(SUITES))
@@ -165,8 +175,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if (self.max_memory_gb <= 0 or self.min_repeat_seconds < 0 or self.case_budget_seconds <= 0
-                or self.hang_seconds <= 0):
+        if ((self.max_memory_gb is not None and self.max_memory_gb <= 0) or self.min_repeat_seconds < 0
+                or self.case_budget_seconds <= 0 or self.hang_seconds <= 0):
             raise ValueError(
                 "--max_memory_gb, --case_budget_seconds and --hang_seconds must be > 0; "
                 "--min_repeat_seconds must be >= 0"
@@ -218,17 +228,68 @@ def memory_stats(compiled: Any) -> dict[str, int | None]:
     return stats
 
 
+def case_bytes(stats: dict[str, int | None], host_bytes: int = 0) -> int | None:
+    """What a case holds at once: arguments + outputs - donated aliases + temp + host arrays (None: unknown)."""
+    parts = [stats.get(k) for k in ("argument_bytes", "output_bytes", "temp_bytes")]
+    if any(p is None for p in parts):
+        return None
+    return int(sum(parts)) - int(stats.get("alias_bytes") or 0) + int(host_bytes)
+
+
+def memory_budget_bytes(settings: Settings) -> float:
+    """--max_memory_gb in bytes; when not given, min(DEFAULT_MAX_MEMORY_GB, half of the machine's memory)."""
+    if settings.max_memory_gb is not None:
+        return settings.max_memory_gb * GIB
+    from experiments.memory import machine_memory
+
+    return min(DEFAULT_MAX_MEMORY_GB * GIB, machine_memory().total_bytes / 2)
+
+
+def _gib(n: float | None) -> str:
+    return "?" if n is None else f"{n / GIB:.2f}"
+
+
 @dataclasses.dataclass
 class Case:
     """One thing to time: a compiled function and its arguments (or a plain callable for host baselines).
 
-    `row` is the JSON record it fills; status "ok" until something fails.
+    `row` is the JSON record it fills; status "ok" until something fails. A case compiled on abstract
+    arguments (jax.ShapeDtypeStruct) gets its `call` from `bind(args)` once the arrays exist.
     """
 
     name: str
     row: dict[str, Any]
     call: Callable[[], Any] | None = None
     check: Callable[[Any], None] | None = None  # called with the warm-up output (e.g. compare to a reference)
+    compiled: Any = None
+    donate_argnums: tuple[int, ...] = ()
+
+    @property
+    def runnable(self) -> bool:
+        return self.compiled is not None and self.row.get("status", "ok") == "ok"
+
+    def bind(self, args: Sequence[Any]) -> None:
+        """Sets `call` to run the compiled function on `args` (arrays of the shapes it was compiled for)."""
+        if not self.runnable:
+            return
+        compiled, donate_argnums = self.compiled, self.donate_argnums
+        if donate_argnums:
+            # Donated buffers are consumed by a call: each call's first outputs become the next call's donated
+            # arguments (the function returns them first, in the order of donate_argnums).
+            state = {"args": list(args)}
+
+            def call() -> Any:
+                outputs = compiled(*state["args"])
+                for position, value in zip(donate_argnums, outputs[: len(donate_argnums)]):
+                    state["args"][position] = value
+                return outputs
+        else:
+            fixed = tuple(args)
+
+            def call() -> Any:
+                return compiled(*fixed)
+
+        self.call = call
 
 
 def compile_case(
@@ -237,10 +298,15 @@ def compile_case(
     args: Sequence[Any],
     max_bytes: float,
     donate_argnums: tuple[int, ...] = (),
+    host_bytes: int = 0,
 ) -> Case:
     """Jits and compiles `function(*args)`, fills row["memory"] and row["compile_seconds"], and returns the
-    case; status "skipped" when the compiled temp memory exceeds `max_bytes`, "error" when anything fails."""
-    case = Case(row["name"], row)
+    case.
+
+    Status "skipped" when what the case holds at once (case_bytes: arguments + outputs - donated + temp, plus
+    `host_bytes` of host arrays alive while it runs) exceeds `max_bytes`; "error" when anything fails. `args`
+    may be jax.ShapeDtypeStruct: the case is then compiled but not callable until `case.bind(arrays)`."""
+    case = Case(row["name"], row, donate_argnums=tuple(donate_argnums))
     logging.info("compiling %s", _describe(row))
     try:
         start = time.perf_counter()
@@ -250,30 +316,21 @@ def compile_case(
     except Exception as exc:  # noqa: BLE001 -- any failure of one case is recorded, never fatal
         row.update(status="error", reason=f"compile: {_error_text(exc)}")
         return case
-    temp = row["memory"]["temp_bytes"]
-    if temp is not None and temp > max_bytes:
+    stats = row["memory"]
+    stats["host_bytes"] = int(host_bytes)
+    total = stats["total_bytes"] = case_bytes(stats, host_bytes)
+    if total is not None and total > max_bytes:
         row.update(
             status="skipped",
-            reason=f"compiled temp memory {temp / GIB:.2f} GiB exceeds --max_memory_gb="
+            reason=f"needs {_gib(total)} GiB at once (arguments {_gib(stats['argument_bytes'])} + outputs "
+            f"{_gib(stats['output_bytes'])} - donated {_gib(stats['alias_bytes'] or 0)} + temp "
+            f"{_gib(stats['temp_bytes'])} + host arrays {_gib(host_bytes)} GiB), more than --max_memory_gb="
             f"{max_bytes / GIB:g}; not run",
         )
         return case
-    if donate_argnums:
-        # Donated buffers are consumed by a call: each call's first outputs become the next call's donated
-        # arguments (the function returns them first, in the order of donate_argnums).
-        state = {"args": list(args)}
-
-        def call() -> Any:
-            outputs = compiled(*state["args"])
-            for position, value in zip(donate_argnums, outputs[: len(donate_argnums)]):
-                state["args"][position] = value
-            return outputs
-    else:
-
-        def call() -> Any:
-            return compiled(*args)
-
-    case.call = call
+    case.compiled = compiled
+    if not any(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(args)):
+        case.bind(args)
     return case
 
 
@@ -444,10 +501,16 @@ def _scan_inputs(
 
 
 def _max_relative_error(output: Any, reference: Any) -> float:
+    """max |x - y| / max |y| over every leaf, one slice of the leading axis at a time (no full-size temporary:
+    at L = 64K a leaf is gigabytes)."""
     errors = []
     for x, y in zip(jax.tree.leaves(output), jax.tree.leaves(reference)):
         x, y = np.asarray(x), np.asarray(y)
-        errors.append(float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(y))), 1e-30)))
+        if x.ndim < 2:
+            x, y = x[None], y[None]
+        difference = max(float(np.max(np.abs(xi - yi), initial=0.0)) for xi, yi in zip(x, y))
+        scale = max(float(np.max(np.abs(yi), initial=0.0)) for yi in y)
+        errors.append(difference / max(scale, 1e-30))
     return max(errors)
 
 
@@ -461,25 +524,38 @@ def _auto_method() -> str | None:
         return None
 
 
+def _output_bytes(function: Callable[..., Any], *args: Any) -> int:
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(function, *args))))
+
+
 def scan_suite(settings: Settings, checkpoint: Callable[[], None], results: dict[str, Any]) -> None:
     results["auto_method"] = _auto_method()
     rows: list[dict[str, Any]] = results.setdefault("rows", [])
-    max_bytes = settings.max_memory_gb * GIB
+    max_bytes = memory_budget_bytes(settings)
     candidates = [(m, "method") for m in settings.scan_methods] + [(b, "baseline") for b in SCAN_BASELINES]
+    on_cpu = jax.default_backend() == "cpu"
     for a_kind in settings.scan_a_kinds:
         for length in settings.scan_lengths:
-            a_host, b_host = _scan_inputs(
-                a_kind, settings.scan_batch, length, settings.scan_state, settings.seed
-            )
-            a, b = jnp.asarray(a_host), jnp.asarray(b_host)
+            batch, state = settings.scan_batch, settings.scan_state
+            a_shape = (state,) if a_kind == "time_invariant" else (batch, length, state)
+            a_spec = jax.ShapeDtypeStruct(a_shape, jnp.complex64)
+            b_spec = jax.ShapeDtypeStruct((batch, length, state), jnp.complex64)
+            input_bytes = {"a": math.prod(a_shape) * 8, "b": batch * length * state * 8}
             common = dict(
                 a_kind=a_kind,
                 length=length,
-                batch=settings.scan_batch,
-                state_size=settings.scan_state,
+                batch=batch,
+                state_size=state,
                 dtype="complex64",
-                array_mib=b_host.nbytes / 2**20,
+                array_mib=input_bytes["b"] / 2**20,
             )
+            # Host arrays alive while any case of this size runs: the copy baseline's destination (and, off
+            # the CPU, its host copy of b; on the CPU np.asarray(b) is a view) and the reference outputs of both
+            # modes kept for the correctness check (views of the first outputs on the CPU, copies elsewhere).
+            sequential = _scan_function("sequential")
+            reference_bytes = _output_bytes(sequential, a_spec, b_spec) + _output_bytes(
+                _forward_backward(sequential), a_spec, b_spec)
+            host_bytes = input_bytes["b"] * (1 if on_cpu else 2) + reference_bytes
             # The reference for the correctness check of every candidate: the first one that runs (the
             # sequential method when selected). A benchmark of a wrong baseline would be meaningless.
             references: dict[str, Any] = {}
@@ -489,23 +565,49 @@ def scan_suite(settings: Settings, checkpoint: Callable[[], None], results: dict
                     row = _new_row(f"{candidate}/{mode}", candidate=candidate, kind=kind, mode=mode, **common)
                     function = _scan_function(candidate)
                     case = compile_case(
-                        row, function if mode == "fwd" else _forward_backward(function), (a, b), max_bytes
+                        row, function if mode == "fwd" else _forward_backward(function), (a_spec, b_spec),
+                        max_bytes, host_bytes=host_bytes,
                     )
                     case.check = _make_reference_check(row, mode, references)
                     cases.append(case)
                     rows.append(row)
-            destination = np.empty_like(b_host)
             copy_row = _new_row(
                 NUMPY_COPY,
                 candidate=NUMPY_COPY,
                 kind="bandwidth_reference",
                 mode="copy",
-                memory=None,
-                copied_bytes=b_host.nbytes,
+                copied_bytes=input_bytes["b"],
                 **common,
             )
-            cases.append(Case(NUMPY_COPY, copy_row, call=lambda d=destination, s=b_host: np.copyto(d, s)))
+            # The copy holds the device inputs (a view of b is its source) and the same host arrays.
+            copy_memory = {"argument_bytes": input_bytes["a"] + input_bytes["b"], "output_bytes": 0,
+                           "alias_bytes": 0, "temp_bytes": None, "host_bytes": host_bytes}
+            copy_memory["total_bytes"] = input_bytes["a"] + input_bytes["b"] + host_bytes
+            copy_row["memory"] = copy_memory
+            if copy_memory["total_bytes"] > max_bytes:
+                copy_row.update(status="skipped", reason=f"needs {_gib(copy_memory['total_bytes'])} GiB at once "
+                                f"(inputs and host arrays), more than --max_memory_gb={max_bytes / GIB:g}; not run")
+            elif not any(c.runnable for c in cases):
+                copy_row.update(status="skipped", reason="no scan case of this size fits --max_memory_gb="
+                                f"{max_bytes / GIB:g}; the bandwidth reference is not run alone")
             rows.append(copy_row)
+            if settings.compile_only or not any(c.runnable for c in cases):
+                logging.info("scan: nothing fits --max_memory_gb at %s, L=%d: inputs not built", a_kind, length)
+                del references, cases
+                checkpoint()
+                continue
+            # Built only now, when some case fits; the host copies go once on the device. (Building them peaks
+            # below what any case that fits holds: 2 x (a + b) against arguments a + b, outputs >= b and host
+            # arrays >= a + 3b.)
+            a_host, b_host = _scan_inputs(a_kind, batch, length, state, settings.seed)
+            a, b = jnp.asarray(a_host), jnp.asarray(b_host)
+            del a_host, b_host
+            for case in cases:
+                case.bind((a, b))
+            if copy_row["status"] == "ok":
+                source = np.asarray(b)
+                destination = np.empty_like(source)
+                cases.append(Case(NUMPY_COPY, copy_row, call=lambda d=destination, s=source: np.copyto(d, s)))
             time_interleaved(
                 cases,
                 settings.repeats,
@@ -514,7 +616,8 @@ def scan_suite(settings: Settings, checkpoint: Callable[[], None], results: dict
                 settings.hang_seconds,
             )
             _scan_ratios([c.row for c in cases])
-            del a, b, a_host, b_host, destination, references, cases
+            del a, b, references, cases
+            source = destination = None
             checkpoint()
 
 
@@ -707,7 +810,7 @@ def _train_step_case(name: str, length: int, settings: Settings, row: dict[str, 
     row["parameters"] = int(sum(x.size for x in jax.tree.leaves(params)))
     # Not donated: every call restarts from the same state, so all repetitions time the same step.
     return compile_case(
-        row, train_step, (params, others, opt_state, tokens, mask, labels), settings.max_memory_gb * GIB
+        row, train_step, (params, others, opt_state, tokens, mask, labels), memory_budget_bytes(settings)
     )
 
 
@@ -750,7 +853,7 @@ def mixers_suite(settings: Settings, checkpoint: Callable[[], None], results: di
                 row.update(status="error", reason=f"build: {_error_text(exc)}")
             rows.append(row)
         time_interleaved(
-            cases,
+            cases if not settings.compile_only else [],
             settings.repeats,
             settings.min_repeat_seconds,
             settings.case_budget_seconds,
@@ -839,7 +942,7 @@ def _decode_case(
         row,
         decode_step,
         (state, variables, x_t),
-        settings.max_memory_gb * GIB,
+        memory_budget_bytes(settings),
         # Donated (updated in place) only for key-value caches, where copying the cache every step would
         # distort the measurement. Not for the small constant-size states: with the S4 step, feeding a
         # donated state back hangs the XLA CPU runtime after a few to a few dozen calls (jax 0.10.2;
@@ -880,7 +983,7 @@ def decode_suite(settings: Settings, checkpoint: Callable[[], None], results: di
         # caches, which made the recurrent steps look slower at long contexts although they run the same program.
         for kind in ("constant_size", "key_value_cache"):
             time_interleaved(
-                [c for c in cases if c.row.get("state_kind") == kind],
+                [c for c in cases if c.row.get("state_kind") == kind and not settings.compile_only],
                 settings.repeats,
                 settings.min_repeat_seconds,
                 settings.case_budget_seconds,
@@ -1163,6 +1266,8 @@ def run(settings: Settings) -> dict[str, Any]:
         "settings": _jsonable(dataclasses.asdict(settings)),
         "summary_definitions": SUMMARY_DEFINITIONS,
         "summary_lengths": SUMMARY_LENGTHS_NOTE,
+        "max_memory_bytes": memory_budget_bytes(settings),
+        "compile_only": settings.compile_only,
     }
     if settings.import_all_model_modules and {"mixers", "decode"} & set(settings.suites):
         results["model_import_errors"] = import_model_modules()
@@ -1258,7 +1363,13 @@ _CASE_BUDGET_SECONDS = flags.DEFINE_float(
 _MAX_MEMORY_GB = flags.DEFINE_float(
     "max_memory_gb",
     Settings.max_memory_gb,
-    "Skip (with a note) cases whose compiled XLA temp memory exceeds this.",
+    "Skip (with a note) cases that hold more than this at once: arguments + outputs - donated + temp (XLA's "
+    "compiled memory analysis) + the host arrays alive while they run. Default: the smaller of "
+    f"{DEFAULT_MAX_MEMORY_GB:g} and half of this machine's memory.",
+)
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Compile every case and record its memory (XLA's analysis) and whether the budget "
+    "skips it; build no scan inputs and time nothing (to check a run's memory before making it)."
 )
 _HANG_SECONDS = flags.DEFINE_float(
     "hang_seconds",
@@ -1311,6 +1422,7 @@ def settings_from_flags() -> Settings:
         import_all_model_modules=_IMPORT_ALL.value,
         seed=_SEED.value,
         mixer_overrides=tuple(_MIXER_OPTION.value),
+        compile_only=_COMPILE_ONLY.value,
     )
     if _QUICK.value:
         explicit = {name for name in QUICK if flags.FLAGS[name].present}

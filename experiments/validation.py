@@ -11,7 +11,12 @@ key, option, task or mixer name and a value outside a closed set also get the cl
     files in experiments/configs/ add (data.listops, data.pathfinder, data.val_size, ...). Unknown keys, missing
     base keys and wrong types are errors; ints are accepted where floats are expected; a placeholder of the base
     schema (model.bidirectional) may be None;
-  * ranges and enumerations: positive sizes, steps and learning rates, 0 <= dropout < 1, b1 / b2 in [0, 1),
+  * ranges and enumerations: every numeric key has a range, RANGES (the schema's keys) and OPTION_RANGES (the
+    mixers' options, by name): positive sizes, steps and learning rates, 0 <= dropout < 1, b1 / b2 in [0, 1),
+    and upper bounds far above every published setting that still catch a typo or a unit mistake (seed in
+    [0, 2**32 - 1], the seeds jax.random.key tells apart; batch sizes <= 65,536; d_model <= 16,384; lengths
+    <= 2**20; ...): `config.train.eval_batch_size: expected an int in [1, 65536], got 1000000000`. Whether a
+    config within the ranges fits in memory is experiments/memory.py's check;
     a warmup shorter than the run (optim.warmup_steps < train.num_steps when both are > 0),
     norm / residual / pooling / input_encoding / dtype / nonfinite / data.source, the task name (lra task
     registry), the generator settings of ListOps and Pathfinder, a batch no larger than a generated train split;
@@ -250,6 +255,178 @@ def _suggest_value(value: Any, choices: Iterable[Any]) -> str:
     return did_you_mean(value, [c for c in choices if isinstance(c, str)])
 
 
+# ------------------------------------------------------------------------------------------------------ ranges
+
+# Upper bounds. Each lies far above every published setting (experiments/configs/common.py: widths <= 512, 8
+# layers, batches <= 512, 500,000 steps, Path-X's 16,384 tokens, state sizes <= 384) and far below what a typo
+# or a unit mistake gives (a batch of 1e9, a seed of 2**64, d_model = 1e6): such a value is refused here in a
+# second, not at compilation or by the kernel's OOM killer. Whether a config that passes fits in memory is
+# experiments/memory.py's question.
+MAX_SEED = 2**32 - 1        # jax.random.key keeps 32 bits of a seed (x64 off): key(2**32) == key(0)
+MAX_LENGTH = 2**20          # sequence lengths and mixers' length options (1,048,576 tokens)
+MAX_WIDTH = 16_384          # model.d_model, key and value widths
+MAX_LAYERS = 256
+MAX_STATE = 4_096           # state sizes (d_state, state_size) and S5 blocks
+MAX_HEADS = 1_024
+MAX_BATCH = 65_536          # train.batch_size, train.eval_batch_size
+MAX_STEPS = 100_000_000     # num_steps, warmup and the every-N-steps intervals
+MAX_EXAMPLES = 10_000_000   # generated examples and held-out sizes (the published sets have <= 200,000)
+MAX_CHECKPOINTS = 1_000
+
+
+def _bound_text(value: float, integer: bool) -> str:
+    """A bound as written in messages: exact (a bound printed rounded could itself be out of range)."""
+    if integer:
+        return str(int(value))
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Where a numeric key's value must lie: [low, high] (either end open), an int or any finite number.
+
+    A value below `low` (or of the wrong kind) is described by `phrase` ("a positive int", as the messages
+    have always said), a value above `high` by the interval; `note` follows either ("expected an int in
+    [0, 1048576] (0 = the task's length), got 2000000").
+    """
+
+    low: float
+    high: float
+    integer: bool
+    low_open: bool = False
+    high_open: bool = False
+    phrase: str = ""  # "" = the interval
+    note: str = ""
+
+    def interval(self) -> str:
+        kind = "an int" if self.integer else "a number"
+        return (f"{kind} in {'(' if self.low_open else '['}{_bound_text(self.low, self.integer)}, "
+                f"{_bound_text(self.high, self.integer)}{')' if self.high_open else ']'}")
+
+    def problem(self, value: Any) -> str | None:
+        """None when `value` lies in the range, else what to say after "config.<key>: "."""
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        is_float = isinstance(value, float) and math.isfinite(value)
+        if not (is_int or (is_float and not self.integer)):
+            return f"expected {self.phrase or self.interval()}{self.note}, got {value!r}"
+        if value < self.low or (self.low_open and value == self.low):
+            return f"expected {self.phrase or self.interval()}{self.note}, got {value!r}"
+        if value > self.high or (self.high_open and value == self.high):
+            return f"expected {self.interval()}{self.note}, got {value!r}"
+        return None
+
+
+def _positive_int(high: int, note: str = "") -> Range:
+    return Range(1, high, True, phrase="a positive int", note=note)
+
+
+def _int_from_zero(high: int, note: str = "") -> Range:
+    return Range(0, high, True, phrase="an int >= 0", note=note)
+
+
+def _positive_number(high: float, note: str = "") -> Range:
+    return Range(0.0, high, False, low_open=True, phrase="a positive number", note=note)
+
+
+def _number_from_zero(high: float, note: str = "") -> Range:
+    return Range(0.0, high, False, phrase="a number >= 0", note=note)
+
+
+def _unit_interval(*, high_open: bool = True, low_open: bool = False) -> Range:
+    return Range(0.0, 1.0, False, low_open=low_open, high_open=high_open)
+
+
+_LENGTH_NOTE = " (0 = the task's length)"
+
+# Every numeric key of the schema (base.py and the task files' keys); tests/test_validation.py checks that none
+# is missing.
+RANGES: dict[str, Range] = {
+    "seed": _int_from_zero(MAX_SEED, " (jax.random.key uses 32 bits)"),
+    "data.seq_len": _int_from_zero(MAX_LENGTH, _LENGTH_NOTE),
+    "data.split_seed": _int_from_zero(MAX_SEED),
+    "data.permutation_seed": _int_from_zero(MAX_SEED),
+    "data.val_size": _positive_int(MAX_EXAMPLES),
+    "data.val_fraction": _unit_interval(low_open=True),
+    "data.listops.num_train": _positive_int(MAX_EXAMPLES),
+    "data.listops.num_val": _positive_int(MAX_EXAMPLES),
+    "data.listops.num_test": _positive_int(MAX_EXAMPLES),
+    "data.listops.min_length": _int_from_zero(MAX_LENGTH),
+    "data.listops.max_length": _positive_int(MAX_LENGTH),
+    "data.listops.max_depth": _positive_int(100),
+    "data.listops.max_args": Range(2, 100, True, phrase="an int >= 2",
+                                   note=" (an operator has 2 or more arguments)"),
+    "data.listops.generator_seed": _int_from_zero(MAX_SEED),
+    "data.pathfinder.num_examples": _positive_int(MAX_EXAMPLES),
+    "data.pathfinder.generator_seed": _int_from_zero(MAX_SEED),
+    "model.d_model": _positive_int(MAX_WIDTH),
+    "model.n_layers": _positive_int(MAX_LAYERS),
+    "model.dropout": _unit_interval(),
+    "optim.lr": _positive_number(1.0),
+    "optim.ssm_lr": _positive_number(1.0),
+    "optim.weight_decay": _number_from_zero(10.0),
+    "optim.warmup_steps": _int_from_zero(MAX_STEPS),
+    "optim.end_lr_fraction": _unit_interval(high_open=False),
+    "optim.b1": _unit_interval(),
+    "optim.b2": _unit_interval(),
+    "optim.clip_norm": _number_from_zero(1e6, " (0 = no clipping)"),
+    "train.batch_size": _positive_int(MAX_BATCH),
+    "train.eval_batch_size": _positive_int(MAX_BATCH),
+    "train.num_steps": _int_from_zero(MAX_STEPS),
+    "train.eval_every": _positive_int(MAX_STEPS),
+    "train.checkpoint_every": _positive_int(MAX_STEPS),
+    "train.log_every": _positive_int(MAX_STEPS),
+    "train.keep_checkpoints": _positive_int(MAX_CHECKPOINTS),
+    "train.max_consecutive_skips": _positive_int(MAX_STEPS),  # with nonfinite="skip": stop after this many
+}
+
+# Every numeric option of every registered mixer, by option name (the same name means the same thing in every
+# mixer); tests/test_validation.py checks that none is missing. None values (value_dim, chunk_size: "derived")
+# are allowed where the option's annotation allows None.
+OPTION_RANGES: dict[str, Range] = {
+    # sizes
+    "d_state": _positive_int(MAX_STATE),
+    "state_size": _positive_int(MAX_STATE),
+    "blocks": _positive_int(MAX_STATE),
+    "num_heads": _positive_int(MAX_HEADS),
+    "key_dim": _positive_int(MAX_WIDTH),
+    "value_dim": _positive_int(MAX_WIDTH),
+    "num_features": _positive_int(65_536),
+    "num_landmarks": _positive_int(MAX_LENGTH),
+    "codebook_size": _positive_int(65_536),
+    "block_size": _positive_int(MAX_LENGTH),
+    "block_len": _positive_int(MAX_LENGTH),
+    "chunk_size": _positive_int(MAX_LENGTH),
+    "pinv_iterations": _positive_int(100),
+    "kmeans_iters": _int_from_zero(1_000),
+    # lengths
+    "l_max": _int_from_zero(MAX_LENGTH, _LENGTH_NOTE),
+    "trunc_len": _int_from_zero(MAX_LENGTH, _LENGTH_NOTE),
+    "max_decode_len": _int_from_zero(MAX_LENGTH, _LENGTH_NOTE),
+    "train_length": _int_from_zero(MAX_LENGTH),
+    "rerope_window": _int_from_zero(MAX_LENGTH),
+    "value_conv_kernel": _int_from_zero(MAX_LENGTH),
+    # numbers
+    "dt_min": _positive_number(10.0),
+    "dt_max": _positive_number(10.0),
+    "max_phase": _positive_number(2 * math.pi),
+    "temperature": _positive_number(1e6),
+    "rope_base": _positive_number(1e9),
+    "rope_scale": Range(1.0, float(MAX_LENGTH), False, phrase="a number >= 1", note=" (L_test / L_train)"),
+    "expansion": _positive_number(64.0),
+    "eps": _positive_number(1.0),
+    "commitment_weight": _number_from_zero(1e3),
+    "simvq_codebook_weight": _number_from_zero(1e3),
+    "rerope_leak": _number_from_zero(1e6),
+    "init_scale": _number_from_zero(1e3),
+    "dead_code_threshold": _unit_interval(high_open=False),
+    "attention_dropout": _unit_interval(),
+    "ema_decay": _unit_interval(),
+    "r_min": _unit_interval(),
+    "r_max": _unit_interval(),
+}
+
+
 # ------------------------------------------------------------------------------------------------------ checker
 
 
@@ -295,36 +472,12 @@ class _Checker:
 
     # ---------------------------------------------------------------------------------------- typed checks
 
-    def _number_in(self, key: str, value: Any, want_int: bool, low: float | None, high: float | None,
-                   low_open: bool, high_open: bool, what: str) -> None:
-        is_int = isinstance(value, int) and not isinstance(value, bool)
-        is_float = isinstance(value, float) and math.isfinite(value)
-        if not (is_int or (is_float and not want_int)) \
-                or (low is not None and (value <= low if low_open else value < low)) \
-                or (high is not None and (value >= high if high_open else value > high)):
-            self.fail(key, f"expected {what}, got {value!r}")
-
-    def positive_int(self, key: str) -> None:
+    def in_range(self, key: str, allowed: Range | None = None) -> None:
+        """The value at `key` is a number of the right kind inside `allowed` (default: RANGES[key])."""
         if self.usable(key):
-            self._number_in(key, self.get(key), True, 0, None, True, False, "a positive int")
-
-    def nonnegative_int(self, key: str, note: str = "") -> None:
-        if self.usable(key):
-            self._number_in(key, self.get(key), True, 0, None, False, False, "an int >= 0" + note)
-
-    def positive_number(self, key: str) -> None:
-        if self.usable(key):
-            self._number_in(key, self.get(key), False, 0, None, True, False, "a positive number")
-
-    def nonnegative_number(self, key: str) -> None:
-        if self.usable(key):
-            self._number_in(key, self.get(key), False, 0, None, False, False, "a number >= 0")
-
-    def number_in(self, key: str, low: float, high: float, *, high_open: bool = True, low_open: bool = False
-                  ) -> None:
-        if self.usable(key):
-            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-            self._number_in(key, self.get(key), False, low, high, low_open, high_open, f"a number in {interval}")
+            message = (allowed or RANGES[key]).problem(self.get(key))
+            if message:
+                self.fail(key, message)
 
     def choice(self, key: str, choices: Iterable[Any]) -> None:
         if self.usable(key):
@@ -413,7 +566,7 @@ def _check_general(c: _Checker) -> lra.TaskSpec | None:
                            f"{', '.join(lra.task_names())}", unknown_name=True)
         else:
             spec = lra.get_task(task)
-    c.nonnegative_int("seed")
+    c.in_range("seed")
 
     # data
     c.choice("data.source", DATA_SOURCES)
@@ -422,20 +575,16 @@ def _check_general(c: _Checker) -> lra.TaskSpec | None:
         if c.get("data.source") not in allowed:
             c.fail("data.source", f"task {spec.name!r} accepts {', '.join(map(repr, allowed))}, "
                                   f"got {c.get('data.source')!r}{_suggest_value(c.get('data.source'), allowed)}")
-    c.nonnegative_int("data.seq_len", " (0 = the task's length)")
+    c.in_range("data.seq_len")
     if spec is not None and c.usable("data.seq_len"):
         _check_length(c, spec)
     for key in ("data.split_seed", "data.permutation_seed"):
-        c.nonnegative_int(key)
-    c.positive_int("data.val_size")
-    c.number_in("data.val_fraction", 0.0, 1.0, low_open=True)
-    if spec is not None:
-        _check_generator(c, spec)
-
+        c.in_range(key)
+    c.in_range("data.val_size")
+    c.in_range("data.val_fraction")
     # model (the mixer and the encoder's enumerations: stage 2)
-    c.positive_int("model.d_model")
-    c.positive_int("model.n_layers")
-    c.number_in("model.dropout", 0.0, 1.0)
+    for key in ("model.d_model", "model.n_layers", "model.dropout"):
+        c.in_range(key)
     c.choice("model.input_encoding", INPUT_ENCODINGS)
     if spec is not None and c.usable("model.input_encoding") and c.get("model.input_encoding") == "linear" \
             and spec.padded:
@@ -443,22 +592,18 @@ def _check_general(c: _Checker) -> lra.TaskSpec | None:
                                        "token ids (use 'embed')")
 
     # optimiser
-    c.positive_number("optim.lr")
-    c.positive_number("optim.ssm_lr")
-    c.nonnegative_number("optim.weight_decay")
-    c.nonnegative_int("optim.warmup_steps")
-    c.number_in("optim.end_lr_fraction", 0.0, 1.0, high_open=False)
-    c.number_in("optim.b1", 0.0, 1.0)
-    c.number_in("optim.b2", 0.0, 1.0)
-    c.nonnegative_number("optim.clip_norm")
+    for key in RANGES:
+        if key.startswith("optim."):
+            c.in_range(key)
 
     # training loop
-    for key in ("batch_size", "eval_batch_size", "eval_every", "checkpoint_every", "keep_checkpoints",
-                "log_every"):
-        c.positive_int(f"train.{key}")
-    c.nonnegative_int("train.num_steps")
+    for key in RANGES:
+        if key.startswith("train."):
+            c.in_range(key)
     c.choice("train.nonfinite", NONFINITE_POLICIES)
     _check_warmup(c)
+    if spec is not None:  # after the batch size's own range: the generated splits must hold a batch
+        _check_generator(c, spec)
     return spec
 
 
@@ -489,16 +634,9 @@ def _check_generator(c: _Checker, spec: lra.TaskSpec) -> None:
             c.fail(section, "missing; generated ListOps needs its generator settings (see "
                             "experiments/configs/listops.py)")
             return
-        for key in ("num_train", "num_val", "num_test"):
-            c.positive_int(f"{section}.{key}")
-        for key in ("min_length", "generator_seed"):
-            c.nonnegative_int(f"{section}.{key}")
-        c.positive_int(f"{section}.max_length")
-        c.positive_int(f"{section}.max_depth")
-        c.positive_int(f"{section}.max_args")
-        if c.usable(f"{section}.max_args") and c.get(f"{section}.max_args") < 2:
-            c.fail(f"{section}.max_args", f"expected an int >= 2 (an operator has 2 or more arguments), got "
-                                          f"{c.get(f'{section}.max_args')}")
+        for key in ("num_train", "num_val", "num_test", "min_length", "max_length", "max_depth", "max_args",
+                    "generator_seed"):
+            c.in_range(f"{section}.{key}")
         window = ("min_length", "max_length", "max_depth", "max_args")
         if all(c.usable(f"{section}.{k}") for k in window):
             from lra import listops
@@ -531,8 +669,8 @@ def _check_generator(c: _Checker, spec: lra.TaskSpec) -> None:
         difficulties = list(DIFFICULTIES) + [directory for directory, _ in DIFFICULTIES.values()]
         c.choice(f"{section}.difficulty", difficulties)
         if generated:
-            c.positive_int(f"{section}.num_examples")
-            c.nonnegative_int(f"{section}.generator_seed")
+            c.in_range(f"{section}.num_examples")
+            c.in_range(f"{section}.generator_seed")
             examples = f"{section}.num_examples"
             if c.usable(examples) and c.usable("train.batch_size"):
                 num_train = c.get(examples) * 8 // 10  # lra.pathfinder.split_positions: 80 / 10 / 10 %
@@ -593,15 +731,6 @@ def _option_choices(mixer: str, cls: type) -> dict[str, tuple[Any, ...]]:
     if mixer in ("linear", "performer"):
         choices["method"] = ("chunked", "prefix")  # causal evaluation (ops.linear_attention.linear_attention)
     return choices
-
-
-POSITIVE_INT_OPTIONS = ("d_state", "state_size", "blocks", "num_heads", "num_features", "num_landmarks",
-                        "block_size", "key_dim", "codebook_size", "block_len", "pinv_iterations", "chunk_size",
-                        "value_dim")
-NONNEGATIVE_INT_OPTIONS = ("train_length", "rerope_window", "value_conv_kernel")
-POSITIVE_NUMBER_OPTIONS = ("dt_min", "dt_max", "max_phase", "temperature", "rope_base", "expansion", "eps")
-NONNEGATIVE_NUMBER_OPTIONS = ("commitment_weight", "simvq_codebook_weight", "rerope_leak", "init_scale")
-UNIT_INTERVAL_OPTIONS = ("attention_dropout", "ema_decay", "r_min", "r_max")  # [0, 1)
 
 
 def _check_model(c: _Checker, spec: lra.TaskSpec | None) -> None:
@@ -670,18 +799,8 @@ def _check_mixer_values(c: _Checker, mixer: str, cls: type, spec: lra.TaskSpec |
     key = lambda name: f"{section}.{name}"  # noqa: E731
 
     for name, value in given.items():
-        if name in POSITIVE_INT_OPTIONS and value is not None:
-            c.positive_int(key(name))
-        elif name in NONNEGATIVE_INT_OPTIONS:
-            c.nonnegative_int(key(name))
-        elif name in LENGTH_OPTIONS:
-            c.nonnegative_int(key(name), " (0 = the task's length)")
-        elif name in POSITIVE_NUMBER_OPTIONS:
-            c.positive_number(key(name))
-        elif name in NONNEGATIVE_NUMBER_OPTIONS:
-            c.nonnegative_number(key(name))
-        elif name in UNIT_INTERVAL_OPTIONS:
-            c.number_in(key(name), 0.0, 1.0)
+        if name in OPTION_RANGES and value is not None:  # None: only where the annotation allows it (checked)
+            c.in_range(key(name), OPTION_RANGES[name])
     for name, allowed in _option_choices(mixer, cls).items():
         if name in given:
             c.choice(key(name), allowed)

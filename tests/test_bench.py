@@ -366,3 +366,66 @@ def test_quick_run_prints_a_summary_without_nulls(tmp_path):
     with open(out) as f:
         written = json.load(f)
     assert written["settings"]["n_layers"] == quick["n_layers"] and written["summary"] == summary
+
+
+# ------------------------------------------------------------------------------------------------ memory guard
+
+
+def test_a_case_whose_arguments_and_outputs_exceed_the_budget_is_skipped():
+    """The guard counts arguments + outputs + temp + host arrays, not temp alone: doubling a 16 MiB array needs
+    no temp memory but holds 32 MiB at once."""
+    mib = 1024**2
+    x = jax.ShapeDtypeStruct((4 * mib,), jnp.float32)  # 16 MiB
+    row = bench._new_row("double")
+    case = bench.compile_case(row, lambda v: v * 2.0, (x,), max_bytes=24 * mib)
+    stats = row["memory"]
+    assert stats["temp_bytes"] < 24 * mib  # a guard on temp memory alone would have run it
+    assert stats["argument_bytes"] == stats["output_bytes"] == 16 * mib
+    assert stats["total_bytes"] == 32 * mib - stats["alias_bytes"] + stats["temp_bytes"]
+    assert row["status"] == "skipped" and not case.runnable and case.call is None
+    assert row["reason"].startswith("needs 0.03 GiB at once (arguments 0.02 + outputs 0.02 - donated 0.00 + temp ")
+    assert "more than --max_memory_gb=0.0234375; not run" in row["reason"]
+
+    row = bench._new_row("double")
+    case = bench.compile_case(row, lambda v: v * 2.0, (x,), max_bytes=40 * mib, host_bytes=10 * mib)
+    assert row["status"] == "skipped" and "host arrays 0.01 GiB" in row["reason"]  # 32 + 10 > 40
+
+    row = bench._new_row("double")
+    case = bench.compile_case(row, lambda v: v * 2.0, (x,), max_bytes=40 * mib)
+    assert row["status"] == "ok" and case.runnable and case.call is None  # abstract arguments: not bound yet
+    case.bind((jnp.ones(x.shape, x.dtype),))
+    assert float(case.call()[0]) == 2.0
+
+
+# B = 2, L = 64, N = 4, time-varying a: a and b are 4 KiB each; the host arrays are the copy's destination (4 KiB)
+# and the references (h, grad a and grad b: 12 KiB), so the numpy copy holds 24 KiB and every compiled case more.
+@pytest.mark.parametrize("budget_bytes", [1024, 24 * 1024 + 1], ids=["nothing-fits", "only-the-copy-would-fit"])
+def test_the_scan_suite_builds_no_inputs_for_a_size_that_cannot_fit(tmp_path, monkeypatch, budget_bytes):
+    def refuse(*args, **kwargs):
+        raise AssertionError("inputs built for a size whose cases were all skipped")
+
+    monkeypatch.setattr(bench, "_scan_inputs", refuse)
+    settings = bench.Settings(out=str(tmp_path / "scan.json"), suites=("scan",), scan_lengths=(64,), scan_batch=2,
+                              scan_state=4, scan_methods=("sequential",), scan_a_kinds=("time_varying",),
+                              max_memory_gb=budget_bytes / bench.GIB, plots=False)
+    results = bench.run(settings)
+    assert "error" not in results["scan"], results["scan"]
+    rows = results["scan"]["rows"]
+    assert len(rows) == 2 * (1 + len(bench.SCAN_BASELINES)) + 1  # both modes, and the numpy copy
+    for row in rows:
+        assert row["status"] == "skipped" and "max_memory_gb" in row["reason"] and "time" not in row, row
+        assert row["memory"]["host_bytes"] == 16 * 1024  # copy destination + h + (grad a, grad b)
+    (copy,) = [row for row in rows if row["mode"] == "copy"]
+    assert copy["memory"]["total_bytes"] == 24 * 1024
+    if budget_bytes > 24 * 1024:
+        assert "the bandwidth reference is not run alone" in copy["reason"]
+
+
+def test_the_default_budget_is_at_most_half_the_machine():
+    from experiments.memory import machine_memory
+
+    half = machine_memory().total_bytes / 2
+    assert bench.memory_budget_bytes(bench.Settings()) == min(bench.DEFAULT_MAX_MEMORY_GB * bench.GIB, half)
+    assert bench.memory_budget_bytes(bench.Settings(max_memory_gb=14)) == 14 * bench.GIB
+    with pytest.raises(ValueError, match="max_memory_gb"):
+        bench.Settings(max_memory_gb=0).validate()

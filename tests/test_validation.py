@@ -414,3 +414,96 @@ def test_mixer_options_shows_required_options_readably():
     assert copy.deepcopy(registry.REQUIRED) is registry.REQUIRED
     assert pickle.loads(pickle.dumps(registry.REQUIRED)) is registry.REQUIRED
     assert registry.mixer_options("lru")["r_max"] == 0.99  # defaults unchanged
+
+
+# ------------------------------------------------------------------------------------------------------ ranges
+
+ABSURD = [
+    # (dotted key, value, the whole message after "config.<key>: ")
+    ("seed", 2**64, "expected an int in [0, 4294967295] (jax.random.key uses 32 bits), got 18446744073709551616"),
+    ("seed", 2**32, "expected an int in [0, 4294967295] (jax.random.key uses 32 bits), got 4294967296"),
+    ("train.eval_batch_size", 10**9, "expected an int in [1, 65536], got 1000000000"),
+    ("train.eval_batch_size", 1e9, "expected an int, got 1000000000.0 (float)"),
+    ("train.batch_size", 10**6, "expected an int in [1, 65536], got 1000000"),
+    ("model.d_model", 10**6, "expected an int in [1, 16384], got 1000000"),
+    ("model.n_layers", 1000, "expected an int in [1, 256], got 1000"),
+    ("train.num_steps", 10**12, "expected an int in [0, 100000000], got 1000000000000"),
+    ("train.keep_checkpoints", 10**5, "expected an int in [1, 1000], got 100000"),
+    ("optim.lr", 5.0, "expected a number in (0, 1], got 5.0"),
+    ("optim.clip_norm", 1e12, "expected a number in [0, 1e+06] (0 = no clipping), got 1000000000000.0"),
+    ("data.seq_len", 2**21, "expected an int in [0, 1048576] (0 = the task's length), got 2097152"),
+    ("data.listops.num_train", 10**9, "expected an int in [1, 10000000], got 1000000000"),
+    ("data.listops.max_depth", 10**4, "expected an int in [1, 100], got 10000"),
+    ("data.listops.generator_seed", 2**40, "expected an int in [0, 4294967295], got 1099511627776"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", ABSURD, ids=[f"{k}={v!r}" for k, v, _ in ABSURD])
+def test_an_absurd_value_is_refused_naming_key_value_and_range(key, value, message):
+    error = problem(with_values(listops_config.get_config(), **{key.replace(".", "__"): value}))
+    assert error.keys == [key], str(error)
+    assert str(error) == f"config.{key}: {message}"
+
+
+ABSURD_OPTIONS = [
+    # (mixer, option, value, message)
+    ("lru", "d_state", 10**6, "expected an int in [1, 4096], got 1000000"),
+    ("lru", "max_phase", 7.0, "expected a number in (0, 6.283185307179586], got 7.0"),
+    ("s5", "state_size", 2**20, "expected an int in [1, 4096], got 1048576"),
+    ("s4", "l_max", 2**30, "expected an int in [0, 1048576] (0 = the task's length), got 1073741824"),
+    ("s4d", "dt_max", 100.0, "expected a number in (0, 10], got 100.0"),
+    ("softmax", "num_heads", 4096, "expected an int in [1, 1024], got 4096"),
+    ("softmax", "rope_scale", 0.5, "expected a number >= 1 (L_test / L_train), got 0.5"),
+    ("performer", "num_features", 10**6, "expected an int in [1, 65536], got 1000000"),
+    ("vq", "kmeans_iters", 10**6, "expected an int in [0, 1000], got 1000000"),
+    ("vq", "dead_code_threshold", 2.0, "expected a number in [0, 1], got 2.0"),
+]
+
+
+@pytest.mark.parametrize("mixer,option,value,message", ABSURD_OPTIONS,
+                         ids=[f"{m}.{o}={v!r}" for m, o, v, _ in ABSURD_OPTIONS])
+def test_an_absurd_mixer_option_is_refused_naming_key_value_and_range(mixer, option, value, message):
+    config = with_values(listops_config.get_config(f"{mixer}-cpu"), **{f"model__{mixer}__{option}": value})
+    error = problem(config)
+    assert error.keys == [f"model.{mixer}.{option}"], str(error)
+    assert str(error) == f"config.model.{mixer}.{option}: {message}"
+
+
+def test_the_upper_bounds_themselves_are_accepted():
+    config = with_values(listops_config.get_config(), seed=validation.MAX_SEED,
+                         train__eval_batch_size=validation.MAX_BATCH, model__d_model=validation.MAX_WIDTH,
+                         model__n_layers=validation.MAX_LAYERS, model__lru__d_state=validation.MAX_STATE,
+                         model__lru__max_phase=2 * 3.141592653589793, data__listops__generator_seed=2**32 - 1)
+    validate_config(config)
+    for ranges in (validation.RANGES, validation.OPTION_RANGES):
+        for name, allowed in ranges.items():
+            if not allowed.high_open:
+                assert allowed.problem(allowed.high) is None, name
+                assert allowed.problem(int(allowed.high) if allowed.integer else allowed.high) is None, name
+            above = allowed.high + 1 if allowed.integer else allowed.high * 1.5 + 1
+            assert allowed.interval() in allowed.problem(above), name
+            assert "\n" not in allowed.problem(above)
+
+
+def _numeric(field: validation.FieldType) -> bool:
+    return bool({int, float} & set(field.types)) and bool not in field.types
+
+
+def test_every_numeric_key_and_mixer_option_has_a_range():
+    def numeric_paths(schema, prefix=""):
+        for key, value in schema.items():
+            if isinstance(value, dict):
+                if not (prefix == "model." and key in registry.mixer_names()):  # mixer sections: below
+                    yield from numeric_paths(value, f"{prefix}{key}.")
+            elif _numeric(value):
+                yield prefix + key
+
+    paths = set(numeric_paths(validation.full_schema()))
+    assert {"seed", "model.d_model", "train.eval_batch_size", "data.listops.num_train"} <= paths
+    assert paths <= set(validation.RANGES), paths - set(validation.RANGES)
+    options = set()
+    for name in registry.mixer_names():
+        for option, field in validation._option_types(registry.mixer_class(name)).items():
+            if field is not None and _numeric(field) and option not in validation.RESERVED_OPTIONS:
+                options.add(option)
+    assert options == set(validation.OPTION_RANGES), options ^ set(validation.OPTION_RANGES)
