@@ -42,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import lra
 from experiments import data as data_lib
+from experiments import memory
 from experiments import workdir as workdir_lib
 from experiments.configs.base import base_config
 from experiments.optim import make_optimizer
@@ -897,6 +898,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
     spec = data_lib.task_spec(config)
     model = build_model(config, spec)
     abstract_state = _abstract_state(model, config, spec)
+    # Before anything is compiled or read: a config that cannot fit fails in a second, with the estimate.
+    memory.check_fits(config, spec, abstract_state=abstract_state, num_devices=parallel.num_devices)
     check_workdir(workdir)
     if is_writer:  # before the data are read or generated (Path-X: an hour), not at the first checkpoint
         workdir_lib.WorkdirLock(workdir).check()  # another live trainer: fail now, not after reading the data
@@ -1000,6 +1003,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, spec: lra.TaskSpec, 
                          out_shardings=(parallel.replicated, parallel.replicated), donate_argnums=(0,))
     eval_step = jax.jit(make_eval_step(model, prepare), in_shardings=(parallel.replicated, parallel.batch),
                         out_shardings=parallel.replicated)
+    if start_step < config.train.num_steps:
+        # Compiled once, ahead of the first step, so that XLA's own memory figure is checked before training;
+        # the compiled executable is the step (shapes and shardings of every train batch are the same).
+        example = parallel.put_batch(batches.batch(train_split, start_step))
+        train_step = train_step.lower(state, example).compile()
+        memory.check_compiled(train_step)
 
     num_steps = config.train.num_steps
     window: list[dict] = []

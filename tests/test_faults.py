@@ -354,3 +354,23 @@ def test_a_finished_run_started_again_prints_its_results_and_duplicates_nothing(
     results = json.loads((copy / "results.json").read_text())
     assert results == finished[1]  # the same wall time too
     assert f"test accuracy {finished[1]['test_accuracy']:.4f}" in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------- 10: absurd values
+
+
+@pytest.mark.parametrize("overrides, fragments, returncode", [
+    ({"seed": 2**64}, ("config.seed", "[0, 4294967295]"), 2),
+    ({"train.eval_batch_size": 10**9}, ("config.train.eval_batch_size", "65536"), 2),
+    ({"model.d_model": 10**6}, ("config.model.d_model",), 2),
+    # Within every range, but far beyond this machine: refused by the estimate before anything is compiled.
+    ({"model.d_model": 8192, "model.n_layers": 64, "train.batch_size": 256, "train.eval_batch_size": 256,
+      "data.listops.num_train": 4096},
+     ("memory: the run needs about", "GiB", "train.batch_size"), 1),
+])
+def test_absurd_values_are_refused_in_one_line_before_compilation(tmp_path, cache, overrides, fragments, returncode):
+    workdir = tmp_path / "run"
+    started = time.time()
+    proc = run(train_cmd(workdir, cache, **overrides), cwd=tmp_path)
+    assert_one_line_error(proc, *fragments, returncode=returncode)
+    assert time.time() - started < 120 and not workdir.exists()
