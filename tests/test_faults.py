@@ -246,6 +246,7 @@ def test_a_damaged_best_checkpoint_fails_evaluation_clearly_and_latest_still_wor
 # ------------------------------------------------------------------------------------------- 7: non-finite
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e39 -> inf, on purpose
 def test_an_update_that_makes_parameters_non_finite_is_caught_in_the_step_and_not_applied(cache):
     """Loss and gradients finite, the update not (a learning rate too large for float32): validation now refuses
     such a learning rate, so the step is built by hand with one."""
