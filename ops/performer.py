@@ -39,7 +39,6 @@ hidden state.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +50,7 @@ from ops.linear_attention import (
     linear_attention_from_features,
     linear_attention_from_log_features,
     linear_attention_step,
+    log_feature_init_state,
     log_feature_step,
 )
 
@@ -223,28 +223,17 @@ def favor_attention(
     )
 
 
-class FavorState(NamedTuple):
-    """Recurrent state of causal FAVOR+: the linear-attention sums, feature f scaled by exp(-key_max_f).
-
-    kv_sum (B, H, F, Kv), key_sum (B, H, F); key_max (B, H, F): running max of each key exponent seen so
-    far (-inf before the first key; stays 0 for the ReLU kernel). The fields of
-    `ops.linear_attention.LogFeatureState`.
-    """
-
-    kv_sum: jax.Array
-    key_sum: jax.Array
-    key_max: jax.Array
+# The recurrent state of causal FAVOR+ is that of causal linear attention on log features: the sums
+# kv_sum (B, H, F, Kv) and key_sum (B, H, F), feature f scaled by exp(-key_max_f), with key_max (B, H, F) the running
+# max of each key exponent seen so far (-inf before the first key; stays 0 for the ReLU kernel).
+FavorState = LogFeatureState
 
 
 def favor_init_state(
     batch_size: int, heads: int, num_features: int, value_dim: int, dtype: jnp.dtype = jnp.float32
 ) -> FavorState:
-    """The state of an empty prefix."""
-    return FavorState(
-        jnp.zeros((batch_size, heads, num_features, value_dim), dtype),
-        jnp.zeros((batch_size, heads, num_features), dtype),
-        jnp.full((batch_size, heads, num_features), -jnp.inf, dtype),
-    )
+    """The state of an empty prefix (ops.linear_attention.log_feature_init_state)."""
+    return log_feature_init_state(batch_size, heads, num_features, value_dim, dtype)
 
 
 def favor_step(
