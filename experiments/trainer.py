@@ -554,6 +554,7 @@ class MetricWriter:
 
     def __init__(self, workdir: str, resume_step: int, enabled: bool) -> None:
         self.enabled = enabled
+        self.workdir = workdir
         self.remote = workdir_lib.is_remote(workdir)
         self.path = workdir_lib.path(workdir, "metrics.jsonl")
         self.lines: list[str] = []
@@ -617,25 +618,9 @@ class MetricWriter:
         if data and not data.endswith(b"\n"):
             changed = True
         if changed:
-            self._replace("".join(kept))
+            workdir_lib.write_text_atomic(self.workdir, "metrics.jsonl", "".join(kept))
         self.lines = kept if self.remote else []
 
-    def _replace(self, text: str) -> None:
-        if self.remote:  # object stores replace an object atomically
-            self.path.write_text(text)
-            return
-        path = str(self.path)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        directory = os.open(os.path.dirname(path), os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         """Appends one record {step, split, **metrics} to metrics.jsonl and the TensorBoard events."""

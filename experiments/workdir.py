@@ -102,9 +102,10 @@ def read_json(workdir: str, name: str) -> Any | None:
                            f"{workdir} were made with this command's config)") from None
 
 
-def write_json(workdir: str, name: str, value: Any) -> None:
-    """Writes workdir/name atomically where the file system allows it (a local rename; object stores are atomic)."""
-    text = json.dumps(value, indent=2, sort_keys=True)
+def write_text_atomic(workdir: str, name: str, text: str) -> None:
+    """Replaces workdir/name with `text` so that a kill at any moment leaves the old file or the new one: locally
+    a temporary file `<name>.tmp.<pid>` in the same directory, synced, renamed over the old one, and the directory
+    synced; an object store replaces an object atomically by itself."""
     if is_remote(workdir):
         path(workdir, name).write_text(text)
         return
@@ -115,6 +116,16 @@ def write_json(workdir: str, name: str, value: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, target)
+    directory = os.open(os.path.dirname(target), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def write_json(workdir: str, name: str, value: Any) -> None:
+    """Writes workdir/name as JSON, atomically (write_text_atomic)."""
+    write_text_atomic(workdir, name, json.dumps(value, indent=2, sort_keys=True))
 
 
 def write_status(workdir: str, state: str, step: int, message: str = "") -> None:
