@@ -131,6 +131,18 @@ def _explain_override_error(argv: Sequence[str], error: Exception) -> str:
     return f"invalid --config override: {first_line}"
 
 
+def _explain_flag_error(argv: Sequence[str], error: flags.Error) -> str:
+    """One line for absl's flag error; for a config file that fails to load, the config's own error."""
+    text = str(error).strip()
+    if "Error whilst parsing config file" in text:
+        argument = _config_file_argument(argv)
+        try:
+            _load_config(argument)
+        except Exception as load_error:
+            return f"--config={argument}: {load_error}"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
     """absl's flag parsing, with packaged config names and every mistake reported in one line."""
     global _CONFIG
@@ -145,7 +157,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     except UsageError as error:
         _usage_exit(str(error))
     except flags.Error as error:
-        _usage_exit(str(error))
+        _usage_exit(_explain_flag_error(argv, error))
     except (AttributeError, KeyError, ValueError, TypeError, FileNotFoundError) as error:
         _usage_exit(_explain_override_error(argv, error))
     raise AssertionError("unreachable")

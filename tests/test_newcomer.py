@@ -180,6 +180,9 @@ def test_packaged_config_names_and_repository_paths_resolve_from_any_directory(t
     assert_one_line_error(proc, 'did you mean "state_size"', returncode=2)
     proc = run(train_cmd("--config=listop"), cwd=tmp_path)
     assert_one_line_error(proc, "--config=listop", 'did you mean "listops"', returncode=2)
+    # A mixer without a published recipe has no accelerator variant (it used to get the Transformer's silently).
+    proc = run(train_cmd("--config=listops:nosuch"), cwd=tmp_path)
+    assert_one_line_error(proc, "'nosuch' has no published settings", "'nosuch-cpu'", returncode=2)
 
 
 @pytest.mark.parametrize("flag, fragments", [

@@ -61,6 +61,10 @@ TRANSFORMER_ANCHORS = {
     "pathx": (64, 1e-3, 0, 500_000, 1, 2, 32, 32, "mean"),
 }
 
+# The attention mixers that take the LRA Transformer recipe above (a mixer without a recipe has no accelerator
+# variant: asking for one is an error, not a silent Transformer recipe).
+TRANSFORMER_RECIPE_MIXERS = ("softmax", "blockwise", "linear", "performer", "nystrom", "vq", "vq_soft")
+
 # Training-set sizes, to turn epochs into steps.
 TRAIN_SIZES = {"listops": 96_000, "text": 22_500, "retrieval": 147_086, "image": 45_000, "pathfinder": 160_000,
                "pathx": 160_000}
@@ -107,7 +111,7 @@ def apply_anchor(c: ml_collections.ConfigDict, task: str, mixer: str) -> None:
         c.optim.update(lr=lr, ssm_lr=1e-3, weight_decay=0.05)
         c.train.batch_size = batch
         _schedule(c, _steps(task, epochs, batch))
-    else:
+    elif mixer in TRANSFORMER_RECIPE_MIXERS:
         batch, lr, warmup, steps, layers, heads, emb, mlp, pooling = TRANSFORMER_ANCHORS[task]
         c.model.n_layers, c.model.d_model, c.model.bidirectional = layers, emb, True
         c.model.norm, c.model.residual = "layer", "prenorm"
@@ -127,6 +131,9 @@ def apply_anchor(c: ml_collections.ConfigDict, task: str, mixer: str) -> None:
         # as the run is refused (experiments/validation.py), so, assumed: such a warmup is capped at 10% of the run.
         fraction = (warmup / steps if warmup < steps else 0.1) if warmup else 0.05
         _schedule(c, steps, warmup_fraction=fraction)
+    else:
+        raise ValueError(f"mixer {mixer!r} has no published settings here (variant {mixer!r}); use the "
+                         f"'{mixer}-cpu' variant, or add its recipe to experiments/configs/common.py")
 
 
 def apply_cpu_budget(c: ml_collections.ConfigDict, mixer: str) -> None:
