@@ -113,7 +113,7 @@ class SoakOptions:
 
 
 def tiny_flags(options: SoakOptions) -> list[str]:
-    """The config of every launch: a 1-layer width-16 LRU on a tiny generated ListOps (as tests/test_train.py)."""
+    """The config of every launch: a 1-layer width-16 LRU on a tiny generated ListOps (as tests/e2e/test_train.py)."""
     overrides = {
         "data.cache_dir": os.path.join(options.workdir, "cache"), "data.listops.num_train": 256,
         "data.listops.num_val": 64, "data.listops.num_test": 64, "data.listops.max_length": 32,

@@ -58,7 +58,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 NOT_TASK_FILES = ("__init__.py", "base.py", "common.py")
 
 # The trainer's own tuples (experiments/trainer.py), repeated here so that the first stage needs no JAX;
-# tests/test_validation.py checks that they agree.
+# tests/experiments/test_validation.py checks that they agree.
 INPUT_ENCODINGS = ("embed", "linear")
 NONFINITE_POLICIES = ("stop", "skip")
 LENGTH_OPTIONS = ("l_max", "trunc_len", "max_decode_len")  # mixer options where 0 means the task's length
@@ -339,7 +339,7 @@ def _unit_interval(*, high_open: bool = True, low_open: bool = False) -> Range:
 
 _LENGTH_NOTE = " (0 = the task's length)"
 
-# Every numeric key of the schema (base.py and the task files' keys); tests/test_validation.py checks that none
+# Every numeric key of the schema (base.py and the task files' keys); tests/experiments/test_validation.py checks that none
 # is missing.
 RANGES: dict[str, Range] = {
     "seed": _int_from_zero(MAX_SEED, " (jax.random.key uses 32 bits)"),
@@ -381,7 +381,7 @@ RANGES: dict[str, Range] = {
 }
 
 # Every numeric option of every registered mixer, by option name (the same name means the same thing in every
-# mixer); tests/test_validation.py checks that none is missing. None values (value_dim, chunk_size: "derived")
+# mixer); tests/experiments/test_validation.py checks that none is missing. None values (value_dim, chunk_size: "derived")
 # are allowed where the option's annotation allows None.
 OPTION_RANGES: dict[str, Range] = {
     # sizes

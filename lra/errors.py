@@ -5,13 +5,13 @@ names the file, the line or record number, and what was expected, e.g.
 ``/data/listops-1000/basic_val.tsv, line 17: expected 2 tab-separated columns (Source, Target), got 3``.
 
 What every reader in lra/ promises for a hostile file (truncated, garbled, empty, oversized, wrongly typed; see
-tests/test_hostile_inputs.py): it either returns well-formed splits or raises LRADataError naming the file and,
+tests/lra/test_hostile_inputs.py): it either returns well-formed splits or raises LRADataError naming the file and,
 where one is to blame, the line or record; never another exception from deep inside numpy, pickle, zlib or gzip,
 never a hang, and never an allocation larger than the data actually present (sizes declared in IDX, PNG, .npy
 and pickle headers are checked against the file first). Files are opened through lra/files.py: only regular
 files (links to them followed, wherever they point), checked before opening, so a FIFO, a device, a socket, a
 directory or a dangling link where a file belongs is an LRADataError too, and so is a file or line over the
-bound its format allows (tests/test_hostile_files.py). Documented exceptions: damaged caches are rebuilt
+bound its format allows (tests/lra/test_hostile_files.py). Documented exceptions: damaged caches are rebuilt
 silently (lra/cache.py, the Pathfinder cache), and empty or all-black Pathfinder images are skipped with a
 warning. Pickles (CIFAR-10) remain unsafe to load from an untrusted source; see lra/image.py.
 """

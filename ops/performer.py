@@ -21,7 +21,7 @@ out = phi(q)^T S / phi(q)^T z (all stop-gradient, so their exact gradient, zero,
            sees.
 Every factor is <= 1 and the (feature, key) pair that sets c_i contributes exactly 1, so a query's denominator
 is >= 1 whatever the norms or directions: no output is shrunk by eps, and float32 stays within rounding of
-the float64 estimator (tests/test_numerical_guards.py, norms 30-100 in random directions). Padded keys are
+the float64 estimator (tests/models/test_numerical_guards.py, norms 30-100 in random directions). Padded keys are
 excluded. Per-query and per-key maxima alone (`softmax_kernel_features`, `softmax_key_features`, kept as
 features for other uses) are not enough: a query whose largest features meet none of the keys' large ones
 (large norms in unrelated directions) gets a denominator of exp(-100) or less, and with one key max per

@@ -20,9 +20,9 @@ import time
 import pytest
 
 from experiments import trainer
-from tests.test_train import tiny_config, tiny_overrides
+from tests.e2e.test_train import tiny_config, tiny_overrides
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ERROR_LINE = re.compile(r"^(Traceback|E\d{4} |F\d{4} )", re.MULTILINE)
 
 

@@ -20,8 +20,8 @@ def _inputs(batch=B, length=L, seed=0):
 
 # (name, options, whether to also check causality by the Jacobian). The Jacobian is the expensive part: it is
 # checked for blockwise (custom VJP) and performer (running key stabiliser, stop-gradient); the dense
-# and linear causal masks are checked against references in tests/test_attention.py and
-# tests/test_linear_attention.py, and decoding equal to the parallel call implies causality at these inputs.
+# and linear causal masks are checked against references in tests/ops/test_attention.py and
+# tests/ops/test_linear_attention.py, and decoding equal to the parallel call implies causality at these inputs.
 CAUSAL_CONFIGS = [
     (
         "softmax",

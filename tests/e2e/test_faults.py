@@ -18,8 +18,8 @@ import pytest
 
 from experiments import trainer
 from experiments import workdir as workdir_lib
-from tests.test_newcomer import assert_one_line_error
-from tests.test_train import final_params, tiny_config, tiny_overrides
+from tests.e2e.test_newcomer import assert_one_line_error
+from tests.e2e.test_train import final_params, tiny_config, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("fast_compilation")
 

@@ -40,13 +40,13 @@ from hypothesis import strategies as st
 from lra import cache, image, listops, retrieval, text
 from lra import pathfinder as pf
 from lra.errors import LRADataError
-from tests.test_lra_image import idx_bytes, make_cifar_batch, official_pickle
-from tests.test_lra_retrieval import ROWS as AAN_ROWS
-from tests.test_lra_retrieval import write_aan
-from tests.test_lra_text import TEST as IMDB_TEST
-from tests.test_lra_text import TRAIN as IMDB_TRAIN
-from tests.test_lra_text import write_aclimdb
-from tests.test_lra_text import write_tsv as write_imdb_tsv
+from tests.lra.test_lra_image import idx_bytes, make_cifar_batch, official_pickle
+from tests.lra.test_lra_retrieval import ROWS as AAN_ROWS
+from tests.lra.test_lra_retrieval import write_aan
+from tests.lra.test_lra_text import TEST as IMDB_TEST
+from tests.lra.test_lra_text import TRAIN as IMDB_TRAIN
+from tests.lra.test_lra_text import write_aclimdb
+from tests.lra.test_lra_text import write_tsv as write_imdb_tsv
 
 
 def hostile(max_examples: int = 30):

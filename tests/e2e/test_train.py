@@ -15,7 +15,7 @@ from experiments import trainer
 from experiments.configs import listops as listops_config
 from lra.batching import BatchSchedule
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_overrides(cache_dir, **extra):

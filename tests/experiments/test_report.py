@@ -18,7 +18,7 @@ import pytest
 
 from experiments import report
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def write_workdir(directory, *, task="listops", mixer="lru", d_model=16, n_layers=2, results=None,

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOTEBOOK = os.path.join(REPO, "experiments", "notebooks", "ablation.ipynb")
 MAX_NOTEBOOK_BYTES = 300_000
 MIXERS = ("lru", "softmax")

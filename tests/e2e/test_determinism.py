@@ -2,9 +2,9 @@
 another seed trains to different parameters.
 
 Three tiny trainer runs (6 steps, with dropout so that the dropout keys are exercised too). XLA's optimisation
-passes are switched off for this module, as in tests/test_all_tasks.py: they cost more than these tiny programs
+passes are switched off for this module, as in tests/e2e/test_all_tasks.py: they cost more than these tiny programs
 run, and the claim is about running one program twice. Across processes and with optimisations on, the
-kill/resume tests (tests/test_train.py, tests/test_soak.py) check bitwise equality of the final parameters.
+kill/resume tests (tests/e2e/test_train.py, tests/e2e/test_soak.py) check bitwise equality of the final parameters.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import trainer
-from tests.test_train import tiny_config
+from tests.e2e.test_train import tiny_config
 
 STEPS = {"train.num_steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "model.dropout": 0.1}
 TIMING_KEYS = ("steps_per_second", "wall_seconds")  # wall-clock measurements: the only things allowed to differ

@@ -22,7 +22,7 @@ from experiments.configs import text as text_config
 from experiments.validation import ConfigError, UnknownNameError, validate_config
 from models import registry
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VARIANTS = ["cpu"] + [f"{m}-cpu" for m in models.mixer_names()] + models.mixer_names()
 
 
@@ -69,11 +69,11 @@ def test_listops_cpu_variants_build_and_trace_their_mixer():
 
 
 def test_the_test_suites_tiny_configs_validate():
-    from tests.test_train import tiny_config
+    from tests.e2e.test_train import tiny_config
 
     validate_config(tiny_config("/tmp/unused-cache"), trace=True)
     mnist = image_config.get_config()
-    mnist.task = "mnist"  # image's config at the task's own 784 pixels (seq_len 0), as tests/test_all_tasks.py
+    mnist.task = "mnist"  # image's config at the task's own 784 pixels (seq_len 0), as tests/e2e/test_all_tasks.py
     validate_config(mnist, trace=True)
     for bidirectional in (None, True, False):
         config = listops_config.get_config()

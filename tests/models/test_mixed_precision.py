@@ -22,7 +22,7 @@ from models.encoder import Classifier, SequenceEncoder
 from ops import attention as attention_ops
 from ops import linear_attention as linear_ops
 from ops.scan import linear_recurrence
-from tests.test_train import tiny_config
+from tests.e2e.test_train import tiny_config
 
 BF16_EPS = float(jnp.finfo(jnp.bfloat16).eps)  # 2^-7: spacing of bfloat16 numbers at 1
 OUTPUT_ROUNDING = BF16_EPS / 2  # 2^-8: relative error bound of rounding a result to bfloat16 (2^-9, doubled)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 # Where citations live: the source packages, the tests, and the top-level guides (docs/ cite each other too).
 SOURCE_DIRS = ("ops", "models", "lra", "experiments", "tests")

@@ -34,12 +34,12 @@ from experiments.validation import validate_config
 from lra import download, image, listops, retrieval, text
 from lra import pathfinder as pf
 from lra.errors import LRADataError
-from tests.test_lra_image import idx_bytes, write_cifar
-from tests.test_lra_retrieval import ROWS as AAN_ROWS
-from tests.test_lra_retrieval import write_aan
-from tests.test_lra_text import write_aclimdb
+from tests.lra.test_lra_image import idx_bytes, write_cifar
+from tests.lra.test_lra_retrieval import ROWS as AAN_ROWS
+from tests.lra.test_lra_retrieval import write_aan
+from tests.lra.test_lra_text import write_aclimdb
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LISTOPS_SIZES = (24, 6, 6)
 PATHFINDER_SIZES = {"pathfinder": 20, "pathx": 10}
 

@@ -34,9 +34,9 @@ import pytest
 from lra import files, image, listops, retrieval, text
 from lra import pathfinder as pf
 from lra.errors import LRADataError
-from tests.test_hostile_inputs import write_cifar_dir, write_idx_dir, write_imdb_tsv_dir, write_listops
-from tests.test_lra_retrieval import write_aan
-from tests.test_lra_text import write_aclimdb
+from tests.lra.test_hostile_inputs import write_cifar_dir, write_idx_dir, write_imdb_tsv_dir, write_listops
+from tests.lra.test_lra_retrieval import write_aan
+from tests.lra.test_lra_text import write_aclimdb
 
 TIMEOUT_S = 10.0  # per read; a good one takes milliseconds
 CHILD_MEMORY = 512 << 20  # address space a child may add to what it inherits

@@ -1,4 +1,4 @@
-"""Smoke test of experiments/bench.py: every suite at toy sizes, the JSON schema, error rows, the summary.
+"""Smoke test of experiments/bench/: every suite at toy sizes, the JSON schema, error rows, the summary.
 
 Timings are not checked (a timed test is noise); what is checked is that each suite produces the rows and
 numbers it promises, that the baselines compute the same recurrence as the library, that a broken mixer
@@ -24,7 +24,7 @@ import pytest
 from experiments import bench
 from models import registry
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BROKEN = "broken_for_bench_test"
 
 
@@ -404,7 +404,7 @@ def test_the_scan_suite_builds_no_inputs_for_a_size_that_cannot_fit(tmp_path, mo
     def refuse(*args, **kwargs):
         raise AssertionError("inputs built for a size whose cases were all skipped")
 
-    monkeypatch.setattr(bench, "_scan_inputs", refuse)
+    monkeypatch.setattr("experiments.bench.scan._scan_inputs", refuse)
     settings = bench.Settings(out=str(tmp_path / "scan.json"), suites=("scan",), scan_lengths=(64,), scan_batch=2,
                               scan_state=4, scan_methods=("sequential",), scan_a_kinds=("time_varying",),
                               max_memory_gb=budget_bytes / bench.GIB, plots=False)

@@ -22,7 +22,7 @@ from ops import vq as vq_ops
 
 D_MODEL = 6
 SMALL = dict(d_model=D_MODEL, num_heads=2, key_dim=3, value_dim=2, codebook_size=4, block_len=4)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _mixer(dtype=jnp.float64, **options):

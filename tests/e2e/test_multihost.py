@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import launch_local
-from tests.test_train import run_train, tiny_overrides
+from tests.e2e.test_train import run_train, tiny_overrides
 
 TIMEOUT = 180  # seconds for any one launch: 3x what a loaded machine needs, and the test can never hang
 STEPS = {"train.num_steps": 2, "train.eval_every": 2, "train.checkpoint_every": 1, "optim.warmup_steps": 1}

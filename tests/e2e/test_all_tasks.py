@@ -12,7 +12,7 @@ optimisations off, and only part of it runs by default: one trainer run per core
 Retrieval, Image, MNIST, Pathfinder) and the one-step test of each family without a default trainer run, so
 that every family and every core task is covered. The rest (PMNIST, Fashion-MNIST, Path-X, second runs of the
 families, the other one-step tests, and the full product of every family on every task) is marked slow:
-`pytest -m slow tests/test_all_tasks.py` runs it.
+`pytest -m slow tests/e2e/test_all_tasks.py` runs it.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from experiments.configs import text as text_config
 from lra import listops as listops_lib
 from lra import pathfinder as pathfinder_lib
 from models import param_groups
-from tests.test_lra_image import write_cifar, write_idx_set
-from tests.test_lra_retrieval import write_aan
-from tests.test_lra_text import write_aclimdb
+from tests.lra.test_lra_image import write_cifar, write_idx_set
+from tests.lra.test_lra_retrieval import write_aan
+from tests.lra.test_lra_text import write_aclimdb
 
 D_MODEL = 8
 SEQ_LEN = 32  # text, retrieval (per document) and listops; pixel tasks keep their 784 / 1024 / 16384 pixels
