@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ops.normalizers import Normalizer, get_normalizer
+from ops.normalizers import Normalizer, NormalizerName, get_normalizer
 
 
 def _compute_dtype(*arrays: jax.Array) -> jnp.dtype:
@@ -87,7 +87,7 @@ def attend(
     mask: jax.Array | None = None,
     causal: bool = False,
     bias: jax.Array | None = None,
-    normalizer: str | Normalizer = "softmax",
+    normalizer: NormalizerName | str | Normalizer = NormalizerName.SOFTMAX,
     return_weights: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Normalises precomputed scores (B, H, Lq, Lk) under the masks and applies them to v (B, Lk, H, Kv).
@@ -116,7 +116,7 @@ def dot_product_attention(
     causal: bool = False,
     bias: jax.Array | None = None,
     scale: float | None = None,
-    normalizer: str | Normalizer = "softmax",
+    normalizer: NormalizerName | str | Normalizer = NormalizerName.SOFTMAX,
 ) -> jax.Array:
     """Dense attention normalizer(scale q k^T + bias, masked) v: the reference every other form is tested by.
 

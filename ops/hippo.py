@@ -20,6 +20,7 @@ Conventions (the sources each follows are named in the function docstrings):
 
 from __future__ import annotations
 
+import enum
 from typing import NamedTuple
 
 import jax
@@ -29,7 +30,19 @@ from jax import lax
 
 LEGT_SCALINGS = ("orthonormal", "paper", "lmu")
 LEGS_SCALINGS = ("orthonormal", "paper")
-DISCRETIZATIONS = ("forward_euler", "backward_euler", "bilinear", "zoh")
+
+
+class HippoDiscretization(enum.StrEnum):
+    """Discretisation rules of `discretize` and `discretize_diagonal` (formulas there)."""
+
+    FORWARD_EULER = "forward_euler"
+    BACKWARD_EULER = "backward_euler"
+    BILINEAR = "bilinear"
+    ZOH = "zoh"
+
+
+# The values as plain strings, under their former name.
+DISCRETIZATIONS = tuple(d.value for d in HippoDiscretization)
 
 
 def _check_state_size(n: int, where: str) -> None:
@@ -39,7 +52,7 @@ def _check_state_size(n: int, where: str) -> None:
 
 def _check_choice(value: str, choices: tuple[str, ...], what: str, where: str) -> None:
     if value not in choices:
-        raise ValueError(f"{where}: unknown {what} {value!r}; expected one of {choices}.")
+        raise ValueError(f"{where}: unknown {what} {value!r}; expected one of {', '.join(map(repr, choices))}.")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,7 +264,7 @@ def unfold_conjugate_pairs(x: jax.Array) -> jax.Array:
 
 
 def discretize(
-    a: jax.Array, b: jax.Array, step: jax.Array, method: str = "bilinear"
+    a: jax.Array, b: jax.Array, step: jax.Array, method: HippoDiscretization | str = HippoDiscretization.BILINEAR
 ) -> tuple[jax.Array, jax.Array]:
     """Discretises x' = A x + B u with step `step` into x_k = A_bar x_{k-1} + B_bar u_k (dense A).
 
@@ -275,12 +288,12 @@ def discretize(
         raise ValueError(f"discretize: b must be (..., N) or (..., N, M) with N={n}; got {b.shape}.")
     e = jnp.asarray(step)[..., None, None]
     eye = jnp.eye(n, dtype=a.dtype)
-    if method == "forward_euler":
+    if method == HippoDiscretization.FORWARD_EULER:
         a_bar, b_bar = eye + e * a, e * bm
-    elif method == "backward_euler":
+    elif method == HippoDiscretization.BACKWARD_EULER:
         inv = jnp.linalg.inv(eye - e * a)
         a_bar, b_bar = inv, e * (inv @ bm)
-    elif method == "bilinear":
+    elif method == HippoDiscretization.BILINEAR:
         lhs = eye - (e / 2) * a
         a_bar = jnp.linalg.solve(lhs, eye + (e / 2) * a)
         b_bar = e * jnp.linalg.solve(lhs, bm)
@@ -297,7 +310,9 @@ def discretize(
     return a_bar, (b_bar[..., 0] if vector_b else b_bar)
 
 
-def discretize_diagonal(lam: jax.Array, step: jax.Array, method: str = "zoh") -> tuple[jax.Array, jax.Array]:
+def discretize_diagonal(
+    lam: jax.Array, step: jax.Array, method: HippoDiscretization | str = HippoDiscretization.ZOH
+) -> tuple[jax.Array, jax.Array]:
     """Discretises a diagonal system x' = Lambda x + B u: returns (Lambda_bar, input_scale), both (..., N).
 
     B_bar = input_scale * B row-wise (input_scale[..., None] * B for a matrix B (N, M)), so one function
@@ -308,12 +323,12 @@ def discretize_diagonal(lam: jax.Array, step: jax.Array, method: str = "zoh") ->
     _check_choice(method, DISCRETIZATIONS, "discretization", "discretize_diagonal")
     lam = jnp.asarray(lam)
     e = jnp.asarray(step)
-    if method == "forward_euler":
+    if method == HippoDiscretization.FORWARD_EULER:
         return 1 + e * lam, e * jnp.ones_like(lam)
-    if method == "backward_euler":
+    if method == HippoDiscretization.BACKWARD_EULER:
         inv = 1 / (1 - e * lam)
         return inv, e * inv
-    if method == "bilinear":
+    if method == HippoDiscretization.BILINEAR:
         inv = 1 / (1 - (e / 2) * lam)
         return (1 + (e / 2) * lam) * inv, e * inv
     return jnp.exp(e * lam), jnp.expm1(e * lam) / lam

@@ -63,6 +63,7 @@ attribute `log_features`, a callable x -> (B, L, H, F) giving log phi(x) up to a
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -71,6 +72,23 @@ import jax.numpy as jnp
 from jax import lax
 
 FeatureMap = Callable[..., jax.Array]
+
+
+class FeatureMapName(enum.StrEnum):
+    """The feature maps `linear_attention` accepts by name (`FEATURE_MAPS`)."""
+
+    ELU = "elu"
+    RELU = "relu"
+
+
+class CausalMethod(enum.StrEnum):
+    """How causal linear attention is evaluated; see the module docstring for costs."""
+
+    CHUNKED = "chunked"
+    PREFIX = "prefix"
+
+
+_VALID_METHODS = ", ".join(repr(m.value) for m in CausalMethod)
 
 DEFAULT_EPS = 1e-6
 
@@ -87,7 +105,13 @@ def relu_features(x: jax.Array, *, is_query: bool = True, mask: jax.Array | None
     return jax.nn.relu(x)
 
 
-FEATURE_MAPS: dict[str, FeatureMap] = {"elu": elu_plus_one, "relu": relu_features}
+# Keyed by the values of FeatureMapName (plain strings, so the keys print as 'elu', 'relu' wherever they are
+# listed); a FeatureMapName looks up the same entry as its string.
+FEATURE_MAPS: dict[str, FeatureMap] = {
+    FeatureMapName.ELU.value: elu_plus_one,
+    FeatureMapName.RELU.value: relu_features,
+}
+_VALID_FEATURE_MAPS = ", ".join(map(repr, FEATURE_MAPS))
 
 
 def _compute_dtype(*arrays: jax.Array) -> jnp.dtype:
@@ -160,7 +184,7 @@ def linear_attention_from_features(
     *,
     mask: jax.Array | None = None,
     causal: bool = False,
-    method: str = "chunked",
+    method: CausalMethod | str = CausalMethod.CHUNKED,
     chunk_size: int = 64,
     eps: float = DEFAULT_EPS,
     key_log_scale: jax.Array | None = None,
@@ -194,7 +218,7 @@ def linear_attention_from_features(
             f"causal linear attention needs as many queries as keys, got {phi_q.shape[1]} and "
             f"{phi_k.shape[1]}"
         )
-    if method == "prefix":
+    if method == CausalMethod.PREFIX:
         if key_log_scale is None:
             states = jnp.cumsum(jnp.einsum("blhf,blhv->blhfv", phi_k, v), axis=1)
             totals = jnp.cumsum(phi_k, axis=1)
@@ -202,10 +226,10 @@ def linear_attention_from_features(
             states, totals = _scaled_prefix_sums(phi_k, v, key_log_scale)
         numerator = jnp.einsum("blhf,blhfv->blhv", phi_q, states)
         out = _normalise(numerator, jnp.einsum("blhf,blhf->blh", phi_q, totals), eps)
-    elif method == "chunked":
+    elif method == CausalMethod.CHUNKED:
         out = _causal_chunked(phi_q, phi_k, v, key_log_scale, chunk_size, eps)
     else:
-        raise ValueError(f"unknown causal linear attention method {method!r}; expected 'chunked' or 'prefix'")
+        raise ValueError(f"unknown causal linear attention method {method!r}; expected one of {_VALID_METHODS}")
     return out.astype(out_dtype)
 
 
@@ -323,7 +347,7 @@ def linear_attention_from_log_features(
     *,
     mask: jax.Array | None = None,
     causal: bool = False,
-    method: str = "chunked",
+    method: CausalMethod | str = CausalMethod.CHUNKED,
     chunk_size: int = 64,
     eps: float = DEFAULT_EPS,
 ) -> jax.Array:
@@ -355,12 +379,12 @@ def linear_attention_from_log_features(
         raise ValueError(
             f"causal linear attention needs as many queries as keys, got {log_q.shape[1]} and {log_k.shape[1]}"
         )
-    if method == "prefix":
+    if method == CausalMethod.PREFIX:
         out = _log_features_prefix(log_q, log_k, v, eps)
-    elif method == "chunked":
+    elif method == CausalMethod.CHUNKED:
         out = _log_features_chunked(log_q, log_k, v, chunk_size, eps)
     else:
-        raise ValueError(f"unknown causal linear attention method {method!r}; expected 'chunked' or 'prefix'")
+        raise ValueError(f"unknown causal linear attention method {method!r}; expected one of {_VALID_METHODS}")
     return out.astype(out_dtype)
 
 
@@ -491,10 +515,10 @@ def linear_attention(
     k: jax.Array,
     v: jax.Array,
     *,
-    feature_map: FeatureMap | str = elu_plus_one,
+    feature_map: FeatureMap | FeatureMapName | str = elu_plus_one,
     mask: jax.Array | None = None,
     causal: bool = False,
-    method: str = "chunked",
+    method: CausalMethod | str = CausalMethod.CHUNKED,
     chunk_size: int = 64,
     eps: float = DEFAULT_EPS,
 ) -> jax.Array:
@@ -507,7 +531,7 @@ def linear_attention(
     if isinstance(feature_map, str):
         if feature_map not in FEATURE_MAPS:
             raise ValueError(
-                f"unknown feature map {feature_map!r}; expected one of {sorted(FEATURE_MAPS)} or a callable"
+                f"unknown feature map {feature_map!r}; expected one of {_VALID_FEATURE_MAPS} or a callable"
             )
         feature_map = FEATURE_MAPS[feature_map]
     log_features = getattr(feature_map, "log_features", None)

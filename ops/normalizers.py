@@ -24,6 +24,7 @@ precision) and return that dtype; callers cast.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 
 import jax
@@ -184,21 +185,33 @@ def taylor_softmax(scores: jax.Array, mask: jax.Array | None = None) -> jax.Arra
     return jnp.where(total > 0, f / jnp.where(total > 0, total, 1.0), 0.0)
 
 
+class NormalizerName(enum.StrEnum):
+    """The attention normalisers `get_normalizer` accepts by name (`NORMALIZERS`)."""
+
+    SOFTMAX = "softmax"
+    SPARSEMAX = "sparsemax"
+    ENTMAX15 = "entmax15"
+    TAYLOR2 = "taylor2"
+
+
+# Keyed by the values of NormalizerName (plain strings, so the keys print as 'softmax', ... wherever they are
+# listed); a NormalizerName looks up the same entry as its string.
 NORMALIZERS: dict[str, Normalizer] = {
-    "softmax": masked_softmax,
-    "sparsemax": sparsemax,
-    "entmax15": entmax15,
-    "taylor2": taylor_softmax,
+    NormalizerName.SOFTMAX.value: masked_softmax,
+    NormalizerName.SPARSEMAX.value: sparsemax,
+    NormalizerName.ENTMAX15.value: entmax15,
+    NormalizerName.TAYLOR2.value: taylor_softmax,
 }
+_VALID_NORMALIZERS = ", ".join(map(repr, NORMALIZERS))
 
 
-def get_normalizer(normalizer: str | Normalizer) -> Normalizer:
+def get_normalizer(normalizer: NormalizerName | str | Normalizer) -> Normalizer:
     """The normaliser named `normalizer` (one of NORMALIZERS), or `normalizer` itself if callable."""
     if callable(normalizer):
         return normalizer
     if normalizer not in NORMALIZERS:
         raise ValueError(
-            f"unknown attention normalizer {normalizer!r}; expected one of {sorted(NORMALIZERS)} "
+            f"unknown attention normalizer {normalizer!r}; expected one of {_VALID_NORMALIZERS} "
             "or a callable (scores, mask) -> weights"
         )
     return NORMALIZERS[normalizer]

@@ -38,12 +38,14 @@ hidden state.
 
 from __future__ import annotations
 
+import enum
 import math
 
 import jax
 import jax.numpy as jnp
 
 from ops.linear_attention import (
+    CausalMethod,
     FeatureMap,
     LinearAttentionState,
     LogFeatureState,
@@ -54,8 +56,27 @@ from ops.linear_attention import (
     log_feature_step,
 )
 
-ORTHOGONAL_SCALINGS = ("chi", "sqrt_dim", "iid")
-KERNELS = ("softmax", "relu")
+
+class OrthogonalScaling(enum.StrEnum):
+    """How `gaussian_orthogonal_matrix` scales its rows (see there)."""
+
+    CHI = "chi"
+    SQRT_DIM = "sqrt_dim"
+    IID = "iid"
+
+
+class Kernel(enum.StrEnum):
+    """The FAVOR kernel: positive softmax features or ReLU features (see the module docstring)."""
+
+    SOFTMAX = "softmax"
+    RELU = "relu"
+
+
+# The values as plain strings, under their former names (models/ and experiments/ check against them).
+ORTHOGONAL_SCALINGS = tuple(s.value for s in OrthogonalScaling)
+KERNELS = tuple(k.value for k in Kernel)
+_VALID_SCALINGS = ", ".join(map(repr, ORTHOGONAL_SCALINGS))
+_VALID_KERNELS = ", ".join(map(repr, KERNELS))
 
 # Denominators of the softmax features can be legitimately tiny (each feature is <= 1/sqrt(F) after the
 # stabilisers, and a query's largest features need not meet any key's): only true zeros are guarded.
@@ -63,7 +84,12 @@ DEFAULT_EPS = 1e-30
 
 
 def gaussian_orthogonal_matrix(
-    key: jax.Array, num_features: int, dim: int, *, scaling: str = "chi", dtype: jnp.dtype = jnp.float32
+    key: jax.Array,
+    num_features: int,
+    dim: int,
+    *,
+    scaling: OrthogonalScaling | str = OrthogonalScaling.CHI,
+    dtype: jnp.dtype = jnp.float32,
 ) -> jax.Array:
     """Random projection W (F, K) for FAVOR+.
 
@@ -82,8 +108,8 @@ def gaussian_orthogonal_matrix(
     if num_features < 1 or dim < 1:
         raise ValueError(f"need num_features >= 1 and dim >= 1, got {num_features} and {dim}")
     if scaling not in ORTHOGONAL_SCALINGS:
-        raise ValueError(f"unknown scaling {scaling!r}; expected one of {ORTHOGONAL_SCALINGS}")
-    if scaling == "iid":
+        raise ValueError(f"unknown scaling {scaling!r}; expected one of {_VALID_SCALINGS}")
+    if scaling == OrthogonalScaling.IID:
         return jax.random.normal(key, (num_features, dim), dtype)
     compute = jax.dtypes.canonicalize_dtype(jnp.promote_types(dtype, jnp.float32))  # QR needs >= float32
     num_blocks = -(-num_features // dim)
@@ -93,7 +119,7 @@ def gaussian_orthogonal_matrix(
     q, r = jnp.linalg.qr(blocks)
     q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]  # Haar: fix the signs of QR
     rows = jnp.swapaxes(q, -1, -2).reshape(num_blocks * dim, dim)[:num_features]
-    if scaling == "chi":
+    if scaling == OrthogonalScaling.CHI:
         norms = jnp.linalg.norm(gaussians[num_blocks * dim * dim :].reshape(num_features, dim), axis=-1)
     else:
         norms = jnp.full((num_features,), math.sqrt(dim), compute)
@@ -172,20 +198,20 @@ def relu_kernel_features(
     return jax.nn.relu(projected) / math.sqrt(projection.shape[0])
 
 
-def favor_feature_map(projection: jax.Array, kernel: str = "softmax") -> FeatureMap:
+def favor_feature_map(projection: jax.Array, kernel: Kernel | str = Kernel.SOFTMAX) -> FeatureMap:
     """A feature map for `ops.linear_attention.linear_attention` using the projection W (F, K).
 
     The softmax map also carries `log_features` (`softmax_log_features`), so `linear_attention` evaluates it
     stabilised per feature, exactly as `favor_attention` does, in both its bidirectional and causal forms.
     """
     if kernel not in KERNELS:
-        raise ValueError(f"unknown FAVOR kernel {kernel!r}; expected one of {KERNELS}")
-    features = softmax_kernel_features if kernel == "softmax" else relu_kernel_features
+        raise ValueError(f"unknown FAVOR kernel {kernel!r}; expected one of {_VALID_KERNELS}")
+    features = softmax_kernel_features if kernel == Kernel.SOFTMAX else relu_kernel_features
 
     def feature_map(x: jax.Array, *, is_query: bool, mask: jax.Array | None = None) -> jax.Array:
         return features(x, projection, is_query=is_query, mask=mask)
 
-    if kernel == "softmax":
+    if kernel == Kernel.SOFTMAX:
         feature_map.log_features = lambda x: softmax_log_features(x, projection)
     return feature_map
 
@@ -196,10 +222,10 @@ def favor_attention(
     v: jax.Array,
     projection: jax.Array,
     *,
-    kernel: str = "softmax",
+    kernel: Kernel | str = Kernel.SOFTMAX,
     mask: jax.Array | None = None,
     causal: bool = False,
-    method: str = "chunked",
+    method: CausalMethod | str = CausalMethod.CHUNKED,
     chunk_size: int = 64,
     eps: float = DEFAULT_EPS,
 ) -> jax.Array:
@@ -214,7 +240,7 @@ def favor_attention(
     to v's dtype.
     """
     options = dict(mask=mask, causal=causal, method=method, chunk_size=chunk_size, eps=eps)
-    if kernel == "softmax":
+    if kernel == Kernel.SOFTMAX:
         log_q, log_k = softmax_log_features(q, projection), softmax_log_features(k, projection)
         return linear_attention_from_log_features(log_q, log_k, v, **options)
     feature_map = favor_feature_map(projection, kernel)
@@ -243,7 +269,7 @@ def favor_step(
     v_t: jax.Array,
     projection: jax.Array,
     *,
-    kernel: str = "softmax",
+    kernel: Kernel | str = Kernel.SOFTMAX,
     eps: float = DEFAULT_EPS,
 ) -> tuple[FavorState, jax.Array]:
     """One decoding step of causal FAVOR+: q_t, k_t (B, H, K), v_t (B, H, Kv) -> (state, out_t (B, H, Kv)).
@@ -254,12 +280,12 @@ def favor_step(
     to rounding. O(B H F (K + Kv)) per token.
     """
     if kernel not in KERNELS:
-        raise ValueError(f"unknown FAVOR kernel {kernel!r}; expected one of {KERNELS}")
+        raise ValueError(f"unknown FAVOR kernel {kernel!r}; expected one of {_VALID_KERNELS}")
     if q_t.ndim != 3 or k_t.shape != q_t.shape:
         raise ValueError(
             f"favor_step expects q_t and k_t of shape (B, H, K), got {q_t.shape} and {k_t.shape}"
         )
-    if kernel == "relu":
+    if kernel == Kernel.RELU:
         phi_q = relu_kernel_features(q_t, projection)
         phi_k = relu_kernel_features(k_t, projection)
         inner, out = linear_attention_step(

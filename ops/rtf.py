@@ -23,12 +23,24 @@ feed-through h_0 of the official code is the mixer's separate D u term, outside 
 
 from __future__ import annotations
 
+import enum
 import math
 
 import jax
 import jax.numpy as jnp
 
-RTF_INITS = ("zeros", "montel", "xavier")
+
+class RTFInit(enum.StrEnum):
+    """Initialisations of the a and b coefficients (`rtf_init`), after the official RTF options."""
+
+    ZEROS = "zeros"
+    MONTEL = "montel"
+    XAVIER = "xavier"
+
+
+# The values as plain strings, under their former name (models/ and experiments/ check against it).
+RTF_INITS = tuple(i.value for i in RTFInit)
+_VALID_INITS = ", ".join(map(repr, RTF_INITS))
 
 
 def _check_trunc_len(trunc_len: int, state_size: int, where: str) -> None:
@@ -39,8 +51,8 @@ def _check_trunc_len(trunc_len: int, state_size: int, where: str) -> None:
         )
 
 
-def rtf_init(key: jax.Array, shape: tuple[int, ...], kind: str = "zeros", dtype: jnp.dtype = jnp.float32
-             ) -> jax.Array:
+def rtf_init(key: jax.Array, shape: tuple[int, ...], kind: RTFInit | str = RTFInit.ZEROS,
+             dtype: jnp.dtype = jnp.float32) -> jax.Array:
     """Initial a or b coefficients (..., N), following the official RTF options.
 
     "zeros" (official default): all zero, a rolling buffer of the last N inputs with a zero output map.
@@ -48,11 +60,11 @@ def rtf_init(key: jax.Array, shape: tuple[int, ...], kind: str = "zeros", dtype:
     "xavier": U(-1/sqrt(N), 1/sqrt(N)); can initialise an unstable system.
     """
     if kind not in RTF_INITS:
-        raise ValueError(f"rtf_init: unknown initialisation {kind!r}; expected one of {RTF_INITS}.")
+        raise ValueError(f"rtf_init: unknown initialisation {kind!r}; expected one of {_VALID_INITS}.")
     n = shape[-1]
-    if kind == "zeros":
+    if kind == RTFInit.ZEROS:
         return jnp.zeros(shape, dtype)
-    bound = 1.0 / n if kind == "montel" else 1.0 / math.sqrt(n)
+    bound = 1.0 / n if kind == RTFInit.MONTEL else 1.0 / math.sqrt(n)
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 

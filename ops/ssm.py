@@ -22,6 +22,7 @@ Conventions used by every function here:
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 
@@ -32,6 +33,20 @@ from jax import lax
 
 from ops import hippo
 from ops.scan import linear_recurrence
+
+
+class Discretization(enum.StrEnum):
+    """Discretisations of the S4D and S5 systems: the `discretization` option of their mixers, `s5_discretize`.
+
+    `s4d_kernel` also takes the Euler rules of `hippo.HippoDiscretization`; every rule here is one of those.
+    """
+
+    ZOH = "zoh"
+    BILINEAR = "bilinear"
+
+
+_DISCRETIZATIONS = tuple(d.value for d in Discretization)
+_VALID_DISCRETIZATIONS = ", ".join(map(repr, _DISCRETIZATIONS))
 
 # Largest number of complex elements of one (..., H, N2, F) Cauchy/Vandermonde intermediate when the chunk
 # size is chosen automatically: 2^21 complex64 values = 16 MiB (32 MiB in complex128).
@@ -184,7 +199,7 @@ def s4d_kernel(
     step: jax.Array,
     length: int,
     *,
-    discretization: str = "zoh",
+    discretization: Discretization | hippo.HippoDiscretization | str = Discretization.ZOH,
     chunk_size: int | None = None,
 ) -> jax.Array:
     """S4D kernel K_k = 2 Re sum_n C_n B_bar_n A_bar_n^k, k < L, of a diagonal conjugate-pair-halved system.
@@ -200,7 +215,7 @@ def s4d_kernel(
     lam, b, c = (jnp.asarray(v).astype(dtype) for v in (lam, b, c))
     step = jnp.asarray(step)[..., None]
     lam_bar, scale = hippo.discretize_diagonal(lam, step, discretization)
-    log_lam_bar = step * lam if discretization == "zoh" else jnp.log(lam_bar)
+    log_lam_bar = step * lam if discretization == Discretization.ZOH else jnp.log(lam_bar)
     weights = c * b * scale  # (..., H, N2)
 
     def vandermonde(k: jax.Array) -> jax.Array:  # k (F,) -> (..., H, F)
@@ -279,7 +294,18 @@ def fft_bidirectional_conv(u: jax.Array, k_fwd: jax.Array, k_bwd: jax.Array) -> 
 # S5: block-diagonal HiPPO-N initialisation and the diagonal MIMO system
 # ---------------------------------------------------------------------------------------------------------
 
-S5_C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
+
+class S5CInit(enum.StrEnum):
+    """Initialisations of S5's C~ (`s5_c_init`), S5's three options."""
+
+    TRUNC_STANDARD_NORMAL = "trunc_standard_normal"
+    LECUN_NORMAL = "lecun_normal"
+    COMPLEX_NORMAL = "complex_normal"
+
+
+# The values as plain strings, under their former name (models/ and experiments/ check against it).
+S5_C_INITS = tuple(i.value for i in S5CInit)
+_VALID_C_INITS = ", ".join(map(repr, S5_C_INITS))
 
 
 def s5_hippo_init(state_size: int, blocks: int = 1, conj_sym: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -302,7 +328,7 @@ def s5_hippo_init(state_size: int, blocks: int = 1, conj_sym: bool = True) -> tu
     return np.tile(nplr.Lambda, blocks), np.kron(np.eye(blocks), nplr.V)
 
 
-def s5_c_init(key: jax.Array, kind: str, channels: int, v: np.ndarray, dtype: jnp.dtype = jnp.float32
+def s5_c_init(key: jax.Array, kind: S5CInit | str, channels: int, v: np.ndarray, dtype: jnp.dtype = jnp.float32
               ) -> jax.Array:
     """C~ (H, P') complex for S5, in the eigenbasis. Mirrors S5's three options:
 
@@ -313,12 +339,12 @@ def s5_c_init(key: jax.Array, kind: str, channels: int, v: np.ndarray, dtype: jn
     v: (P, P') from `s5_hippo_init`.
     """
     if kind not in S5_C_INITS:
-        raise ValueError(f"s5_c_init: unknown C initialisation {kind!r}; expected one of {S5_C_INITS}.")
+        raise ValueError(f"s5_c_init: unknown C initialisation {kind!r}; expected one of {_VALID_C_INITS}.")
     p_full, p_kept = v.shape
-    if kind == "complex_normal":
+    if kind == S5CInit.COMPLEX_NORMAL:
         parts = jax.random.normal(key, (2, channels, p_kept), dtype) * math.sqrt(0.5)
         return parts[0] + 1j * parts[1]
-    fan_in = p_full if kind == "trunc_standard_normal" else p_full * channels
+    fan_in = p_full if kind == S5CInit.TRUNC_STANDARD_NORMAL else p_full * channels
     # Truncated at +-2 std and rescaled so the variance is exactly 1 / fan_in (flax/jax lecun_normal).
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
     parts = std * jax.random.truncated_normal(key, -2.0, 2.0, (2, channels, p_full), dtype)
@@ -333,11 +359,13 @@ def s5_b_init(key: jax.Array, channels: int, v: np.ndarray, dtype: jnp.dtype = j
     return jnp.asarray(v.conj().T, _complex_dtype(b)) @ b
 
 
-def s5_discretize(lam: jax.Array, b_tilde: jax.Array, log_step: jax.Array, method: str = "zoh"
-                  ) -> tuple[jax.Array, jax.Array]:
+def s5_discretize(lam: jax.Array, b_tilde: jax.Array, log_step: jax.Array,
+                  method: Discretization | str = Discretization.ZOH) -> tuple[jax.Array, jax.Array]:
     """(Lambda_bar (P'), B_bar (P', H)) for per-state steps exp(log_step) (P'); "zoh" or "bilinear"."""
-    if method not in ("zoh", "bilinear"):
-        raise ValueError(f"s5_discretize: unknown discretization {method!r}; expected 'zoh' or 'bilinear'.")
+    if method not in _DISCRETIZATIONS:
+        raise ValueError(
+            f"s5_discretize: unknown discretization {method!r}; expected one of {_VALID_DISCRETIZATIONS}."
+        )
     lam_bar, scale = hippo.discretize_diagonal(lam, jnp.exp(log_step), method)
     return lam_bar, scale[:, None] * b_tilde
 

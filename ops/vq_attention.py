@@ -58,6 +58,7 @@ position. Stepping token by token equals the causal call.
 
 from __future__ import annotations
 
+import enum
 from typing import NamedTuple
 
 import jax
@@ -67,7 +68,18 @@ Array = jax.Array
 
 sg = jax.lax.stop_gradient
 
-FORMULATIONS = ("parallel", "serial")
+
+
+class Formulation(enum.StrEnum):
+    """How causal `vq_attention` runs over the blocks (see "Formulations" in the module docstring)."""
+
+    PARALLEL = "parallel"
+    SERIAL = "serial"
+
+
+# The values as plain strings, under their former name (models/ and experiments/ check against it).
+FORMULATIONS = tuple(f.value for f in Formulation)
+_VALID_FORMULATIONS = ", ".join(map(repr, FORMULATIONS))
 
 # Score of an empty code or a masked key (as in Transformer-VQ): exp(_NEG - max) underflows to exactly 0,
 # and weights are additionally masked explicitly so an all-masked row gives 0, never a uniform average.
@@ -222,8 +234,8 @@ def _check_bias(bias: Array | None, heads: int, width: int, what: str) -> None:
 
 def vq_attention(q: Array, v: Array, codebook: Array, assignments: Array, *, block_len: int,
                  quantized_keys: Array | None = None, bias: Array | None = None, mask: Array | None = None,
-                 causal: bool = True, formulation: str = "parallel", grad_through_cache: bool = False
-                 ) -> Array:
+                 causal: bool = True, formulation: Formulation | str = Formulation.PARALLEL,
+                 grad_through_cache: bool = False) -> Array:
     """Transformer-VQ attention (hard or soft), causal or bidirectional; see the module docstring.
 
     Args:
@@ -245,7 +257,7 @@ def vq_attention(q: Array, v: Array, codebook: Array, assignments: Array, *, blo
     """
     _check_inputs(q, v, codebook, assignments, quantized_keys, mask, block_len)
     if formulation not in FORMULATIONS:
-        raise ValueError(f"unknown formulation {formulation!r}; expected one of {FORMULATIONS}")
+        raise ValueError(f"unknown formulation {formulation!r}; expected one of {_VALID_FORMULATIONS}")
     batch, length, heads, _ = q.shape
     _check_bias(bias, heads, 2 * block_len if causal else 2 * block_len - 1,
                 "causal" if causal else "bidirectional")
@@ -266,7 +278,7 @@ def vq_attention(q: Array, v: Array, codebook: Array, assignments: Array, *, blo
     q_b, k_b, v_b, a_b, valid_b = (blocks(x) for x in (q.astype(dtype), keys.astype(dtype), v.astype(dtype),
                                                         assignments, valid))
     codebook = codebook.astype(dtype)
-    if causal and formulation == "serial":
+    if causal and formulation == Formulation.SERIAL:
         out = _causal_serial(q_b, k_b, v_b, a_b, valid_b, codebook, bias, hard, grad_through_cache)
     elif causal:
         out = _causal_parallel(q_b, k_b, v_b, a_b, valid_b, codebook, bias, hard, grad_through_cache)
