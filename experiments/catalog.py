@@ -103,25 +103,22 @@ def mixer_defaults(name: str) -> dict[str, Any]:
     """The options of mixer `name` a config sets, with the defaults a run starts from: the section
     config.model.<name> of experiments/configs/base.py, else the mixer's own default. The options set from
     config.model (d_model, bidirectional, dtype) are left out."""
-    from experiments.configs.base import base_config
-    from models.registry import mixer_options
+    from models.registry import mixer_contract
 
-    section = base_config().model.get(name)
-    given = section.to_dict() if section is not None else {}
-    return {option: given.get(option, default) for option, default in mixer_options(name).items()
-            if option not in validation.RESERVED_OPTIONS}
+    contract = mixer_contract(name)
+    given = dict(contract.config_options)
+    return {option: given.get(option, default) for option, default in contract.defaults().items()}
 
 
 def mixer_traits(name: str) -> dict[str, bool]:
     """causal / bidirectional: the mixer has that form; step: it decodes step by step (causal form, `step`
     implemented); kv_cache: its step attends over a key-value cache rather than carrying a constant-size state."""
-    from models.registry import SequenceMixer, mixer_class, mixer_options
+    from models.registry import mixer_contract
 
-    cls = mixer_class(name)
-    causal = bool(getattr(cls, "has_causal_form", True))
-    step = causal and getattr(cls, "step", None) is not SequenceMixer.step
-    return {"causal": causal, "bidirectional": bool(getattr(cls, "has_bidirectional_form", True)), "step": step,
-            "kv_cache": step and "max_decode_len" in mixer_options(name)}
+    contract = mixer_contract(name)
+    step = contract.causal and contract.step
+    return {"causal": contract.causal, "bidirectional": contract.bidirectional, "step": step,
+            "kv_cache": step and "max_decode_len" in contract.defaults()}
 
 
 def _mixer_header(name: str) -> str:

@@ -11,8 +11,8 @@ Two checks, because each misses what the other sees:
     of the trainer's create_state: parameters, batch statistics, optimiser state), the rest is a formula --
     3 x the parameter bytes for the gradients and the optimiser's temporaries, and the activations a training
     step keeps for its backward pass, sequences x length x (layers x a per-mixer width + 6 d_model) floats, plus
-    heads x length^2 per sequence and layer for dense attention ("softmax"). The per-mixer widths
-    (ACTIVATION_FLOATS) were fitted to XLA's compiled memory analysis of the trainer's step on CPU and rounded
+    heads x length^2 per sequence and layer for dense attention. The per-mixer widths (each mixer's
+    ActivationModel, part of its contract in models/registry.py) were fitted to XLA's compiled memory analysis of the trainer's step on CPU and rounded
     down, so the estimate errs low (0.72-1.01 x the compiled figure for the listops cpu configs of every mixer,
     0.8-1.0 at other sizes; tests/experiments/test_memory.py): it refuses only configs that clearly cannot fit. The
     evaluation step (forward only, at train.eval_batch_size) is estimated too (0.5-1.05 x), and the larger of
@@ -63,45 +63,10 @@ BFLOAT16_FACTOR = 0.6
 EVAL_FRACTION = 0.75
 
 
-def _option(options: dict[str, Any], name: str, default: float) -> float:
-    value = options.get(name)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value else default
-
-
-# Floats (4 bytes) a training step keeps per token and layer, from the mixer's options and d_model: fitted to
-# XLA's compiled memory analysis of experiments/trainer.py's step (CPU, jax 0.10.2; B = 8, L = 512 and 1,024,
-# D = 64 and 128, 2 and 4 layers, the state sizes, heads and features varied) and rounded down. A mixer that is
-# not listed gets DEFAULT_ACTIVATION_FLOATS.
-ACTIVATION_FLOATS: dict[str, Callable[[dict[str, Any], int], float]] = {
-    "lru": lambda o, d: 9 * d + 8 * _option(o, "d_state", 64),
-    "s4": lambda o, d: 10 * d,
-    "s4d": lambda o, d: 8 * d,
-    "s5": lambda o, d: 10 * d + 2 * _option(o, "state_size", 64),
-    "rtf": lambda o, d: 10 * d,
-    "softmax": lambda o, d: 7 * d,  # + the scores: SEQUENCE_FLOATS
-    "blockwise": lambda o, d: 16 * d,
-    "linear": lambda o, d: 21 * d,
-    "performer": lambda o, d: 16 * d + 7 * _option(o, "num_heads", 4) * _option(o, "num_features", 256),
-    "nystrom": lambda o, d: 12 * d + 4 * _option(o, "num_heads", 4) * _option(o, "num_landmarks", 64),
-    "vq": lambda o, d: 31 * d + 8 * _option(o, "num_heads", 1) * _option(o, "codebook_size", 64),
-    "vq_soft": lambda o, d: 31 * d + 19 * _option(o, "num_heads", 1) * _option(o, "codebook_size", 64),
-}
-DEFAULT_ACTIVATION_FLOATS = lambda o, d: 16 * d  # noqa: E731
-
-# Floats per sequence and layer beyond the per-token ones, (options, length, training): dense attention keeps
-# its (H, L, L) probabilities and their gradient's workspace (about 2 copies per layer, and one more during the
-# backward pass, not counted; the forward pass alone holds about 2 copies too); Nystrom's iterative pseudo-inverse
-# keeps (H, m, m) matrices per iteration for the backward pass, one iteration's at a time without it.
-SEQUENCE_FLOATS: dict[str, Callable[[dict[str, Any], int, bool], float]] = {
-    "softmax": lambda o, length, training: 2 * _option(o, "num_heads", 4) * length**2,
-    "nystrom": lambda o, length, training: 6 * _option(o, "num_heads", 4) * _option(o, "num_landmarks", 64) ** 2
-    * (_option(o, "pinv_iterations", 6) if training else 1),
-}
-
-# Floats per layer that depend on neither batch nor length x batch: S4D's Vandermonde kernel (D, N, L) complex.
-LAYER_FLOATS: dict[str, Callable[[dict[str, Any], int, int], float]] = {
-    "s4d": lambda o, d, length: 1.5 * d * _option(o, "d_state", 64) * length,
-}
+# Each mixer's activation floats per token and layer (and per sequence, and per layer) are part of its contract
+# (models/registry.py ActivationModel): fitted to XLA's compiled memory analysis of experiments/trainer.py's step
+# (CPU, jax 0.10.2; B = 8, L = 512 and 1,024, D = 64 and 128, 2 and 4 layers, the state sizes, heads and features
+# varied) and rounded down. A mixer that registers none gets 16 floats per d per token.
 
 
 # ------------------------------------------------------------------------------------------------ the machine
@@ -280,18 +245,12 @@ class Estimate:
         return f"about {format_bytes(self.total_bytes)} {per_device} for {where} of {self.mixer!r}; {parts}"
 
 
-def _mixer_options(config: ml_collections.ConfigDict, length: int) -> dict[str, Any]:
-    from models.registry import mixer_options
+def _mixer(config: ml_collections.ConfigDict, length: int) -> Any:
+    """The configured mixer, resolved through its contract (models/registry.py)."""
+    from models.registry import resolve_mixer
 
-    mixer = config.model.mixer
-    options = {k: v for k, v in mixer_options(mixer).items() if isinstance(v, int | float | str | bool)}
-    section = config.model.get(mixer)
-    if section is not None:
-        options.update(section.to_dict())
-    for name in ("l_max", "trunc_len", "max_decode_len"):
-        if options.get(name) == 0:
-            options[name] = length
-    return options
+    section = config.model.get(config.model.mixer)
+    return resolve_mixer(config.model.mixer, section.to_dict() if section is not None else {}, length=length)
 
 
 def _abstract_state(config: ml_collections.ConfigDict, spec: lra.TaskSpec) -> Any:
@@ -311,13 +270,13 @@ def activation_floats(config: ml_collections.ConfigDict, spec: lra.TaskSpec, seq
     length = task_length(config, spec)
     d = int(config.model.d_model)
     layers = int(config.model.n_layers)
-    mixer = config.model.mixer
-    options = _mixer_options(config, length)
-    per_token = ACTIVATION_FLOATS.get(mixer, DEFAULT_ACTIVATION_FLOATS)(options, d)
+    mixer = _mixer(config, length)
+    options, model = mixer.as_dict(), mixer.contract.memory
+    per_token = model.per_token(options, d)
     if config.model.get("norm", "batch") == "layer":
         per_token += LAYER_NORM_FLOATS_PER_D * d
-    per_sequence = SEQUENCE_FLOATS[mixer](options, length, training) if mixer in SEQUENCE_FLOATS else 0.0
-    fixed = LAYER_FLOATS[mixer](options, d, length) if mixer in LAYER_FLOATS else 0.0
+    per_sequence = model.per_sequence(options, length, training) if model.per_sequence else 0.0
+    fixed = model.per_layer(options, d, length) if model.per_layer else 0.0
     if training:
         floats = (sequences * length * (layers * per_token + ENCODER_FLOATS_PER_D * d)
                   + layers * (sequences * per_sequence + fixed))

@@ -49,7 +49,8 @@ from experiments.optim import make_optimizer
 from experiments.optim import schedule as schedule_fn
 from experiments.validation import validate_config
 from lra.batching import BatchSchedule, eval_batches
-from models import mixer_class, param_groups
+from models import param_groups
+from models.registry import resolve_mixer
 from models.encoder import DTYPES, Classifier, DualClassifier, SequenceEncoder
 
 State = dict[str, Any]
@@ -126,22 +127,17 @@ class StopRequest:
 
 
 INPUT_ENCODINGS = ("embed", "linear")
-LENGTH_OPTIONS = ("l_max", "trunc_len", "max_decode_len")  # mixer options that default to the task's length
 
 
 def build_model(config: ml_collections.ConfigDict, spec: lra.TaskSpec) -> nn.Module:
-    """The task's model for a config: the shared SequenceEncoder with the configured mixer, under a Classifier (or
-    a DualClassifier for dual-input tasks). Raises ConfigValueError for an input encoding or dtype the task cannot
-    take."""
+    """The task's model for a config: the shared SequenceEncoder with the configured mixer (resolved through its
+    contract, length options set to 0 taking the task's length), under a Classifier (or a DualClassifier for
+    dual-input tasks). Raises ConfigValueError for an input encoding or dtype the task cannot take."""
     model_cfg = config.model
-    mixer_options = model_cfg.get(model_cfg.mixer)
-    mixer_options = mixer_options.to_dict() if mixer_options is not None else {}
-    bidirectional = model_cfg.bidirectional
-    if bidirectional is None:
-        bidirectional = not mixer_class(model_cfg.mixer).has_causal_form
-    for key in LENGTH_OPTIONS:  # 0 means "the task's sequence length"
-        if mixer_options.get(key) == 0:
-            mixer_options[key] = spec.seq_len
+    section = model_cfg.get(model_cfg.mixer)
+    mixer = resolve_mixer(model_cfg.mixer, section.to_dict() if section is not None else {}, length=spec.seq_len)
+    mixer_options = mixer.as_dict()
+    bidirectional = mixer.direction(model_cfg.bidirectional)
     if model_cfg.input_encoding not in INPUT_ENCODINGS:
         raise ConfigValueError(f"--config.model.input_encoding={model_cfg.input_encoding!r}: expected one of "
                          f"{INPUT_ENCODINGS}")

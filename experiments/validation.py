@@ -53,6 +53,26 @@ from typing import Any
 import ml_collections
 
 import lra
+from models.options import (  # noqa: F401  (LENGTH_OPTIONS, OPTION_RANGES: re-exported for the tests)
+    LENGTH_NOTE,
+    LENGTH_OPTIONS,
+    MAX_BATCH,
+    MAX_CHECKPOINTS,
+    MAX_EXAMPLES,
+    MAX_LAYERS,
+    MAX_LENGTH,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_WIDTH,
+    OPTION_RANGES,
+    RESERVED_OPTIONS,
+    Range,
+    int_from_zero,
+    number_from_zero,
+    positive_int,
+    positive_number,
+    unit_interval,
+)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 NOT_TASK_FILES = ("__init__.py", "base.py", "common.py")
@@ -61,14 +81,11 @@ NOT_TASK_FILES = ("__init__.py", "base.py", "common.py")
 # tests/experiments/test_validation.py checks that they agree.
 INPUT_ENCODINGS = ("embed", "linear")
 NONFINITE_POLICIES = ("stop", "skip")
-LENGTH_OPTIONS = ("l_max", "trunc_len", "max_decode_len")  # mixer options where 0 means the task's length
 # experiments/data.py: tasks that can be generated, and the resolution of the Pathfinder tasks.
 GENERATED_TASKS = ("listops", "pathfinder", "pathx")
 PATHFINDER_TASKS = ("pathfinder", "pathx")
 DATA_SOURCES = ("generated", "files")
 
-# Mixer fields that the encoder sets from model.* itself: a mixer section must not set them.
-RESERVED_OPTIONS = {"d_model": "model.d_model", "bidirectional": "model.bidirectional", "dtype": "model.dtype"}
 
 
 # ------------------------------------------------------------------------------------------------------ errors
@@ -257,175 +274,47 @@ def _suggest_value(value: Any, choices: Iterable[Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------------ ranges
 
-# Upper bounds. Each lies far above every published setting (experiments/configs/common.py: widths <= 512, 8
-# layers, batches <= 512, 500,000 steps, Path-X's 16,384 tokens, state sizes <= 384) and far below what a typo
-# or a unit mistake gives (a batch of 1e9, a seed of 2**64, d_model = 1e6): such a value is refused here in a
-# second, not at compilation or by the kernel's OOM killer. Whether a config that passes fits in memory is
-# experiments/memory.py's question.
-MAX_SEED = 2**32 - 1        # jax.random.key keeps 32 bits of a seed (x64 off): key(2**32) == key(0)
-MAX_LENGTH = 2**20          # sequence lengths and mixers' length options (1,048,576 tokens)
-MAX_WIDTH = 16_384          # model.d_model, key and value widths
-MAX_LAYERS = 256
-MAX_STATE = 4_096           # state sizes (d_state, state_size) and S5 blocks
-MAX_HEADS = 1_024
-MAX_BATCH = 65_536          # train.batch_size, train.eval_batch_size
-MAX_STEPS = 100_000_000     # num_steps, warmup and the every-N-steps intervals
-MAX_EXAMPLES = 10_000_000   # generated examples and held-out sizes (the published sets have <= 200,000)
-MAX_CHECKPOINTS = 1_000
-
-
-def _bound_text(value: float, integer: bool) -> str:
-    """A bound as written in messages: exact (a bound printed rounded could itself be out of range)."""
-    if integer:
-        return str(int(value))
-    short = f"{value:g}"
-    return short if float(short) == value else repr(float(value))
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """Where a numeric key's value must lie: [low, high] (either end open), an int or any finite number.
-
-    A value below `low` (or of the wrong kind) is described by `phrase` ("a positive int", as the messages
-    have always said), a value above `high` by the interval; `note` follows either ("expected an int in
-    [0, 1048576] (0 = the task's length), got 2000000").
-    """
-
-    low: float
-    high: float
-    integer: bool
-    low_open: bool = False
-    high_open: bool = False
-    phrase: str = ""  # "" = the interval
-    note: str = ""
-
-    def interval(self) -> str:
-        kind = "an int" if self.integer else "a number"
-        return (f"{kind} in {'(' if self.low_open else '['}{_bound_text(self.low, self.integer)}, "
-                f"{_bound_text(self.high, self.integer)}{')' if self.high_open else ']'}")
-
-    def problem(self, value: Any) -> str | None:
-        """None when `value` lies in the range, else what to say after "config.<key>: "."""
-        is_int = isinstance(value, int) and not isinstance(value, bool)
-        is_float = isinstance(value, float) and math.isfinite(value)
-        if not (is_int or (is_float and not self.integer)):
-            return f"expected {self.phrase or self.interval()}{self.note}, got {value!r}"
-        if value < self.low or (self.low_open and value == self.low):
-            return f"expected {self.phrase or self.interval()}{self.note}, got {value!r}"
-        if value > self.high or (self.high_open and value == self.high):
-            return f"expected {self.interval()}{self.note}, got {value!r}"
-        return None
-
-
-def _positive_int(high: int, note: str = "") -> Range:
-    return Range(1, high, True, phrase="a positive int", note=note)
-
-
-def _int_from_zero(high: int, note: str = "") -> Range:
-    return Range(0, high, True, phrase="an int >= 0", note=note)
-
-
-def _positive_number(high: float, note: str = "") -> Range:
-    return Range(0.0, high, False, low_open=True, phrase="a positive number", note=note)
-
-
-def _number_from_zero(high: float, note: str = "") -> Range:
-    return Range(0.0, high, False, phrase="a number >= 0", note=note)
-
-
-def _unit_interval(*, high_open: bool = True, low_open: bool = False) -> Range:
-    return Range(0.0, 1.0, False, low_open=low_open, high_open=high_open)
-
-
-_LENGTH_NOTE = " (0 = the task's length)"
 
 # Every numeric key of the schema (base.py and the task files' keys); tests/experiments/test_validation.py checks that none
 # is missing.
 RANGES: dict[str, Range] = {
-    "seed": _int_from_zero(MAX_SEED, " (jax.random.key uses 32 bits)"),
-    "data.seq_len": _int_from_zero(MAX_LENGTH, _LENGTH_NOTE),
-    "data.split_seed": _int_from_zero(MAX_SEED),
-    "data.permutation_seed": _int_from_zero(MAX_SEED),
-    "data.val_size": _positive_int(MAX_EXAMPLES),
-    "data.val_fraction": _unit_interval(low_open=True),
-    "data.listops.num_train": _positive_int(MAX_EXAMPLES),
-    "data.listops.num_val": _positive_int(MAX_EXAMPLES),
-    "data.listops.num_test": _positive_int(MAX_EXAMPLES),
-    "data.listops.min_length": _int_from_zero(MAX_LENGTH),
-    "data.listops.max_length": _positive_int(MAX_LENGTH),
-    "data.listops.max_depth": _positive_int(100),
+    "seed": int_from_zero(MAX_SEED, " (jax.random.key uses 32 bits)"),
+    "data.seq_len": int_from_zero(MAX_LENGTH, LENGTH_NOTE),
+    "data.split_seed": int_from_zero(MAX_SEED),
+    "data.permutation_seed": int_from_zero(MAX_SEED),
+    "data.val_size": positive_int(MAX_EXAMPLES),
+    "data.val_fraction": unit_interval(low_open=True),
+    "data.listops.num_train": positive_int(MAX_EXAMPLES),
+    "data.listops.num_val": positive_int(MAX_EXAMPLES),
+    "data.listops.num_test": positive_int(MAX_EXAMPLES),
+    "data.listops.min_length": int_from_zero(MAX_LENGTH),
+    "data.listops.max_length": positive_int(MAX_LENGTH),
+    "data.listops.max_depth": positive_int(100),
     "data.listops.max_args": Range(2, 100, True, phrase="an int >= 2",
                                    note=" (an operator has 2 or more arguments)"),
-    "data.listops.generator_seed": _int_from_zero(MAX_SEED),
-    "data.pathfinder.num_examples": _positive_int(MAX_EXAMPLES),
-    "data.pathfinder.generator_seed": _int_from_zero(MAX_SEED),
-    "model.d_model": _positive_int(MAX_WIDTH),
-    "model.n_layers": _positive_int(MAX_LAYERS),
-    "model.dropout": _unit_interval(),
-    "optim.lr": _positive_number(1.0),
-    "optim.ssm_lr": _positive_number(1.0),
-    "optim.weight_decay": _number_from_zero(10.0),
-    "optim.warmup_steps": _int_from_zero(MAX_STEPS),
-    "optim.end_lr_fraction": _unit_interval(high_open=False),
-    "optim.b1": _unit_interval(),
-    "optim.b2": _unit_interval(),
-    "optim.clip_norm": _number_from_zero(1e6, " (0 = no clipping)"),
-    "train.batch_size": _positive_int(MAX_BATCH),
-    "train.eval_batch_size": _positive_int(MAX_BATCH),
-    "train.num_steps": _int_from_zero(MAX_STEPS),
-    "train.eval_every": _positive_int(MAX_STEPS),
-    "train.checkpoint_every": _positive_int(MAX_STEPS),
-    "train.log_every": _positive_int(MAX_STEPS),
-    "train.keep_checkpoints": _positive_int(MAX_CHECKPOINTS),
-    "train.max_consecutive_skips": _positive_int(MAX_STEPS),  # with nonfinite="skip": stop after this many
+    "data.listops.generator_seed": int_from_zero(MAX_SEED),
+    "data.pathfinder.num_examples": positive_int(MAX_EXAMPLES),
+    "data.pathfinder.generator_seed": int_from_zero(MAX_SEED),
+    "model.d_model": positive_int(MAX_WIDTH),
+    "model.n_layers": positive_int(MAX_LAYERS),
+    "model.dropout": unit_interval(),
+    "optim.lr": positive_number(1.0),
+    "optim.ssm_lr": positive_number(1.0),
+    "optim.weight_decay": number_from_zero(10.0),
+    "optim.warmup_steps": int_from_zero(MAX_STEPS),
+    "optim.end_lr_fraction": unit_interval(high_open=False),
+    "optim.b1": unit_interval(),
+    "optim.b2": unit_interval(),
+    "optim.clip_norm": number_from_zero(1e6, " (0 = no clipping)"),
+    "train.batch_size": positive_int(MAX_BATCH),
+    "train.eval_batch_size": positive_int(MAX_BATCH),
+    "train.num_steps": int_from_zero(MAX_STEPS),
+    "train.eval_every": positive_int(MAX_STEPS),
+    "train.checkpoint_every": positive_int(MAX_STEPS),
+    "train.log_every": positive_int(MAX_STEPS),
+    "train.keep_checkpoints": positive_int(MAX_CHECKPOINTS),
+    "train.max_consecutive_skips": positive_int(MAX_STEPS),  # with nonfinite="skip": stop after this many
 }
-
-# Every numeric option of every registered mixer, by option name (the same name means the same thing in every
-# mixer); tests/experiments/test_validation.py checks that none is missing. None values (value_dim, chunk_size: "derived")
-# are allowed where the option's annotation allows None.
-OPTION_RANGES: dict[str, Range] = {
-    # sizes
-    "d_state": _positive_int(MAX_STATE),
-    "state_size": _positive_int(MAX_STATE),
-    "blocks": _positive_int(MAX_STATE),
-    "num_heads": _positive_int(MAX_HEADS),
-    "key_dim": _positive_int(MAX_WIDTH),
-    "value_dim": _positive_int(MAX_WIDTH),
-    "num_features": _positive_int(65_536),
-    "num_landmarks": _positive_int(MAX_LENGTH),
-    "codebook_size": _positive_int(65_536),
-    "block_size": _positive_int(MAX_LENGTH),
-    "block_len": _positive_int(MAX_LENGTH),
-    "chunk_size": _positive_int(MAX_LENGTH),
-    "pinv_iterations": _positive_int(100),
-    "kmeans_iters": _int_from_zero(1_000),
-    # lengths
-    "l_max": _int_from_zero(MAX_LENGTH, _LENGTH_NOTE),
-    "trunc_len": _int_from_zero(MAX_LENGTH, _LENGTH_NOTE),
-    "max_decode_len": _int_from_zero(MAX_LENGTH, _LENGTH_NOTE),
-    "train_length": _int_from_zero(MAX_LENGTH),
-    "rerope_window": _int_from_zero(MAX_LENGTH),
-    "value_conv_kernel": _int_from_zero(MAX_LENGTH),
-    # numbers
-    "dt_min": _positive_number(10.0),
-    "dt_max": _positive_number(10.0),
-    "max_phase": _positive_number(2 * math.pi),
-    "temperature": _positive_number(1e6),
-    "rope_base": _positive_number(1e9),
-    "rope_scale": Range(1.0, float(MAX_LENGTH), False, phrase="a number >= 1", note=" (L_test / L_train)"),
-    "expansion": _positive_number(64.0),
-    "eps": _positive_number(1.0),
-    "commitment_weight": _number_from_zero(1e3),
-    "simvq_codebook_weight": _number_from_zero(1e3),
-    "rerope_leak": _number_from_zero(1e6),
-    "init_scale": _number_from_zero(1e3),
-    "dead_code_threshold": _unit_interval(high_open=False),
-    "attention_dropout": _unit_interval(),
-    "ema_decay": _unit_interval(),
-    "r_min": _unit_interval(),
-    "r_max": _unit_interval(),
-}
-
 
 # ------------------------------------------------------------------------------------------------------ checker
 
@@ -682,11 +571,15 @@ def _check_generator(c: _Checker, spec: lra.TaskSpec) -> None:
 # --------------------------------------------------------------------------------------- stage 2 (mixers)
 
 
-def _option_types(cls: type) -> dict[str, FieldType | None]:
-    """Field name -> accepted types from its annotation (None: not checked, e.g. Any or a callable)."""
+def _option_types(cls: type, choices: Any = ()) -> dict[str, FieldType | None]:
+    """Field name -> accepted types from its annotation (None: not checked, e.g. Any or a callable); an option
+    with a closed set of string values (`choices`, e.g. a StrEnum annotation) takes a string."""
     simple = {"int": int, "float": float, "bool": bool, "str": str}
     out: dict[str, FieldType | None] = {}
     for field in dataclasses.fields(cls):
+        if field.name in choices and all(isinstance(v, str) for v in choices[field.name]):
+            out[field.name] = FieldType((str,))
+            continue
         annotation = field.type
         if isinstance(annotation, type):
             parts = [annotation.__name__]
@@ -704,38 +597,9 @@ def _option_types(cls: type) -> dict[str, FieldType | None]:
     return out
 
 
-def _option_choices(mixer: str, cls: type) -> dict[str, tuple[Any, ...]]:
-    """Enumerated options -> allowed values (by option name, from the constants the mixers check against)."""
-    from models import ssm as ssm_models
-    from models import vq as vq_models
-    from ops import linear_attention, normalizers, performer, rtf, scan, vq_attention
-    from ops import ssm as ssm_ops
-
-    choices: dict[str, tuple[Any, ...]] = {
-        "scan_method": tuple(m.value for m in scan.ScanMethod),
-        "discretization": ("zoh", "bilinear"),
-        "lambda_init": tuple(ssm_models.S4D_INITS),
-        "c_init": tuple(ssm_ops.S5_C_INITS),
-        "coefficient_init": tuple(rtf.RTF_INITS),
-        "feature_map": tuple(sorted(linear_attention.FEATURE_MAPS)),
-        "kernel": tuple(performer.KERNELS),
-        "orthogonal_scaling": tuple(performer.ORTHOGONAL_SCALINGS),
-        "normalizer": tuple(sorted(normalizers.NORMALIZERS)),
-        "quantizer": tuple(vq_models.QUANTIZERS),
-        "formulation": tuple(vq_attention.FORMULATIONS),
-        "codebook_init": tuple(vq_models.CODEBOOK_INITS),
-    }
-    for option, attribute in (("position", "supported_positions"), ("rope_scaling", "supported_rope_scalings")):
-        if hasattr(cls, attribute):
-            choices[option] = tuple(getattr(cls, attribute))
-    if mixer in ("linear", "performer"):
-        choices["method"] = ("chunked", "prefix")  # causal evaluation (ops.linear_attention.linear_attention)
-    return choices
-
-
 def _check_model(c: _Checker, spec: lra.TaskSpec | None) -> None:
     from models import encoder as encoder_lib
-    from models.registry import mixer_class, mixer_names, mixer_options
+    from models.registry import mixer_contract, mixer_names, mixer_options
 
     c.choice("model.norm", encoder_lib.NORMS)
     c.choice("model.residual", encoder_lib.RESIDUALS)
@@ -752,7 +616,8 @@ def _check_model(c: _Checker, spec: lra.TaskSpec | None) -> None:
             c.fail(f"model.{key}", f"unknown key{hint}: not a registered mixer ({', '.join(mixer_names())}) nor "
                                    f"a key of config.model", unknown_name=True)
             continue
-        _check_option_names(c, key, mixer_options(key), _option_types(mixer_class(key)))
+        contract = mixer_contract(key)
+        _check_option_names(c, key, mixer_options(key), _option_types(contract.module, contract.choices()))
 
     if not c.usable("model.mixer"):
         return
@@ -761,12 +626,12 @@ def _check_model(c: _Checker, spec: lra.TaskSpec | None) -> None:
         c.fail("model.mixer", f"unknown mixer {mixer!r}{_suggest_value(mixer, mixer_names())}; registered mixers "
                               f"are: {', '.join(mixer_names())}", unknown_name=True)
         return
-    cls = mixer_class(mixer)
-    if c.get("model.bidirectional") is False and not getattr(cls, "has_causal_form", True):
+    contract = mixer_contract(mixer)
+    if c.get("model.bidirectional") is False and not contract.causal:
         c.fail("model.bidirectional", f"mixer {mixer!r} has no causal form: set it to True or leave it unset "
                                       "(None)")
     if not c.has_problem(f"model.{mixer}"):
-        _check_mixer_values(c, mixer, cls, spec)
+        _check_mixer_values(c, contract, spec)
 
 
 def _check_option_names(c: _Checker, mixer: str, known: dict[str, Any], kinds: dict[str, FieldType | None]
@@ -785,76 +650,19 @@ def _check_option_names(c: _Checker, mixer: str, known: dict[str, Any], kinds: d
             c.fail(path, f"expected {kinds[key].describe()}, got {value!r} ({type(value).__name__})")
 
 
-def _check_mixer_values(c: _Checker, mixer: str, cls: type, spec: lra.TaskSpec | None) -> None:
-    """Ranges and relations of the selected mixer's options (their names and types are known good by now).
+def _check_mixer_values(c: _Checker, contract: Any, spec: lra.TaskSpec | None) -> None:
+    """Ranges, allowed values and relations of the selected mixer's options (their names and types are known
+    good by now), from its contract (models/registry.py MixerContract.check_options): ranges and allowed values
+    on the options the section sets, relations on the values the mixer will get; each problem is reported under
+    the key to change."""
+    from models.registry import MixerContext
 
-    Ranges are checked on the options the section sets; relations on the values the mixer will get (the
-    section's, else the field defaults), and are reported under the key to change.
-    """
-    from models.registry import mixer_options
-
-    section = f"model.{mixer}"
-    given = {k: c.get(f"{section}.{k}") for k in (c.config.model[mixer].keys() if c.has(section) else ())}
-    values = {**mixer_options(mixer), **given}
-    key = lambda name: f"{section}.{name}"  # noqa: E731
-
-    for name, value in given.items():
-        if name in OPTION_RANGES and value is not None:  # None: only where the annotation allows it (checked)
-            c.in_range(key(name), OPTION_RANGES[name])
-    for name, allowed in _option_choices(mixer, cls).items():
-        if name in given:
-            c.choice(key(name), allowed)
-
-    def ok(*names: str) -> bool:
-        """The options exist, have no problem so far and are not None."""
-        return all(name in values and values[name] is not None and not c.has_problem(key(name)) for name in names)
-
-    d_model = c.get("model.d_model")
+    section = f"model.{contract.name}"
+    given = {k: c.get(f"{section}.{k}") for k in (c.config.model[contract.name].keys() if c.has(section) else ())}
     length = task_length(c.config, spec) if spec is not None else None
-    resolved = {name: (length if values[name] == 0 else values[name]) for name in LENGTH_OPTIONS if name in values}
-
-    if hasattr(cls, "head_dim") and ok("num_heads"):  # multi-head attention: heads of width d_model / num_heads
-        heads = values["num_heads"]
-        if d_model % heads:
-            c.fail(key("num_heads"), f"{heads} does not divide config.model.d_model = {d_model}")
-        elif ok("position") and values["position"] in ("rope", "rope_bias") and (d_model // heads) % 2:
-            c.fail(key("position"), f"RoPE needs an even head width; d_model / num_heads = {d_model // heads}")
-    if ok("rope_scaling", "position") and values["rope_scaling"] != "none":
-        if values["position"] not in ("rope", "rope_bias"):
-            c.fail(key("rope_scaling"), f"{values['rope_scaling']!r} needs position 'rope' or 'rope_bias', got "
-                                        f"{values['position']!r}")
-        elif values["rope_scaling"] == "rerope" and ok("rerope_window") and values["rerope_window"] < 1:
-            c.fail(key("rerope_window"), "rope_scaling='rerope' needs rerope_window >= 1")
-    if ok("rerope_leak") and values["rerope_leak"] != 0 and values["rerope_leak"] <= 1:
-        c.fail(key("rerope_leak"), f"expected 0 (ReRoPE) or a number > 1 (leaky ReRoPE), got {values['rerope_leak']}")
-    if ok("train_length") and (values.get("rope_scaling") == "yarn" or values.get("logn_scaling")) \
-            and values["train_length"] <= 1:
-        c.fail(key("train_length"), "rope_scaling='yarn' and logn_scaling need train_length > 1 (the training "
-                                    "length)")
-    if mixer == "linear" and values.get("logn_scaling"):
-        c.fail(key("logn_scaling"), "linear attention has no softmax scores to scale; set it to False")
-    if ok("value_conv_kernel") and values["value_conv_kernel"] and values["value_conv_kernel"] % 2 == 0:
-        c.fail(key("value_conv_kernel"), f"expected 0 (off) or an odd int, got {values['value_conv_kernel']}")
-    if ok("dt_min", "dt_max") and values["dt_min"] > values["dt_max"]:
-        c.fail(key("dt_min"), f"expected dt_min <= dt_max, got dt_min={values['dt_min']}, dt_max={values['dt_max']}")
-    if ok("r_min", "r_max") and values["r_min"] >= values["r_max"]:
-        c.fail(key("r_min"), f"expected r_min < r_max, got r_min={values['r_min']}, r_max={values['r_max']}")
-    if mixer in ("s4", "s4d") and ok("d_state") and values["d_state"] % 2:
-        c.fail(key("d_state"), f"expected an even int >= 2 (conjugate pairs), got {values['d_state']}")
-    if mixer == "s5" and ok("state_size", "blocks"):
-        size, blocks = values["state_size"], values["blocks"]
-        if size % blocks:
-            c.fail(key("blocks"), f"{blocks} does not divide state_size = {size}")
-        elif values.get("conj_sym", True) and (size // blocks) % 2:
-            c.fail(key("blocks"), f"conj_sym needs an even block size state_size / blocks, got {size} / {blocks} "
-                                  f"= {size // blocks}")
-    if ok("trunc_len", "state_size") and resolved.get("trunc_len") is not None \
-            and resolved["trunc_len"] <= values["state_size"]:
-        what = "the sequence length" if values["trunc_len"] == 0 else "trunc_len"
-        c.fail(key("trunc_len"), f"must exceed state_size = {values['state_size']}; {what} is {resolved['trunc_len']}")
-    if ok("l_max") and length is not None and resolved["l_max"] < length:
-        c.fail(key("l_max"), f"{values['l_max']} is shorter than the sequence length {length}: the kernel is "
-                             "defined up to l_max (0 takes the task's length)")
+    context = MixerContext(d_model=c.get("model.d_model"), length=length)
+    for option, message in contract.check_options(given, context):
+        c.fail(f"{section}.{option}", message)
 
 
 def _trace_mixer(c: _Checker, spec: lra.TaskSpec | None) -> None:
@@ -864,24 +672,18 @@ def _trace_mixer(c: _Checker, spec: lra.TaskSpec | None) -> None:
     import jax
     import jax.numpy as jnp
 
-    from models.registry import make_mixer, mixer_class, mixer_options
+    from models.registry import resolve_mixer
 
     mixer = c.get("model.mixer")
     section = c.get(f"model.{mixer}")
-    options = section.to_dict() if section is not None else {}
     length = task_length(c.config, spec)
-    for name in LENGTH_OPTIONS:
-        if options.get(name) == 0:
-            options[name] = length
-    bidirectional = c.get("model.bidirectional")
-    if bidirectional is None:
-        bidirectional = not getattr(mixer_class(mixer), "has_causal_form", True)
     d_model = c.get("model.d_model")
     dtype = jnp.dtype(c.get("model.dtype") or "float32")  # as the encoder builds its mixers
-    if "dtype" in mixer_options(mixer):
-        options["dtype"] = dtype
+    bidirectional = c.get("model.bidirectional")
     try:
-        module = make_mixer(mixer, d_model=d_model, bidirectional=bidirectional, **options)
+        resolved = resolve_mixer(mixer, section.to_dict() if section is not None else {}, length=length)
+        bidirectional = resolved.direction(bidirectional)
+        module = resolved.build(d_model, bidirectional=bidirectional, dtype=dtype)
 
         def init(x: jax.Array, mask: jax.Array) -> Any:
             key = jax.random.key(0)

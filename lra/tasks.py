@@ -41,6 +41,7 @@ class TaskSpec:
     pad_id: int = 0
     description: str = ""
     padded: bool = True
+    train_size: int = 0  # examples in the official training split (turns a recipe's epochs into steps)
 
     def __post_init__(self) -> None:
         for field in ("seq_len", "vocab_size", "num_classes"):
@@ -93,9 +94,10 @@ def task_names() -> list[str]:
 # Vocabulary sizes follow LRA's own tokenisation (docs/lra_data.md section 2): ListOps uses our fixed
 # 15-symbol vocabulary plus padding (no OOV id: unknown symbols are an error); text and retrieval use
 # ByteTextEncoder (byte + 1, pad 0); image and pathfinder use the raw pixel value 0..255 as the id.
-register_task(TaskSpec("listops", 2000, 16, 10, False, description="ListOps: evaluate nested MIN/MAX/MED/SM"))
+register_task(TaskSpec("listops", 2000, 16, 10, False, train_size=96_000,
+                       description="ListOps: evaluate nested MIN/MAX/MED/SM"))
 register_task(
-    TaskSpec("text", 4096, 257, 2, False, description="IMDB sentiment on raw bytes, id byte+1, pad 0 (lra.text)")
+    TaskSpec("text", 4096, 257, 2, False, train_size=22_500, description="IMDB sentiment on raw bytes, id byte+1, pad 0 (lra.text)")
 )
 register_task(
     TaskSpec(
@@ -104,6 +106,7 @@ register_task(
         257,
         2,
         True,
+        train_size=147_086,
         description="AAN citation link between two byte documents, id byte+1, pad 0 (lra.retrieval)",
     )
 )
@@ -115,6 +118,7 @@ register_task(
         10,
         False,
         padded=False,
+        train_size=45_000,
         description="CIFAR-10 grayscale pixels 0..255, never padded (lra.image)",
     )
 )
@@ -126,6 +130,7 @@ register_task(
         2,
         False,
         padded=False,
+        train_size=160_000,
         description="Pathfinder 32x32 pixels 0..255, never padded (lra.pathfinder)",
     )
 )
@@ -137,6 +142,7 @@ register_task(
         2,
         False,
         padded=False,
+        train_size=160_000,
         description="Path-X 128x128 pixels 0..255, never padded (lra.pathfinder)",
     )
 )

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from models.attention import deepnorm_constants
-from models.registry import make_mixer, mixer_options
+from models.registry import resolve_mixer
 
 NORMS = ("batch", "layer")
 POOLINGS = ("mean", "last")
@@ -68,16 +68,14 @@ class ResidualBlock(nn.Module):
         skip = x
         if self.residual == "prenorm":
             x = self._norm(x, mask, train)
-        options = dict(self.mixer_options)
         glu_init = nn.initializers.lecun_normal()
+        init_scale = None
         if self.residual == "deepnorm":
             glu_init = nn.initializers.variance_scaling(self.deepnorm_beta**2, "fan_avg", "normal")
-            if "init_scale" in mixer_options(self.mixer):
-                options["init_scale"] = self.deepnorm_beta
+            init_scale = self.deepnorm_beta  # taken by the mixers that have the option
             skip = (self.deepnorm_alpha * skip).astype(skip.dtype)
-        if "dtype" in mixer_options(self.mixer):
-            options["dtype"] = self.dtype
-        mixer = make_mixer(self.mixer, d_model=self.d_model, bidirectional=self.bidirectional, **options)
+        mixer = resolve_mixer(self.mixer, self.mixer_options).build(
+            self.d_model, bidirectional=self.bidirectional, dtype=self.dtype, init_scale=init_scale)
         x = mixer(x, mask=mask, deterministic=not train).astype(self.dtype)
         x = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(x))
         value = nn.Dense(self.d_model, kernel_init=glu_init, dtype=self.dtype, name="glu_value")(x)

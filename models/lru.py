@@ -8,9 +8,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from models.param_groups import SSM, grouped
-from models.registry import SequenceMixer, register_mixer
+from models.param_groups import DEFAULT, NO_DECAY, SSM, grouped
+from models.registry import ActivationModel, Recipe, SequenceMixer, register_mixer
 from ops import lru as lru_ops
+from ops.scan import ScanMethod
 
 
 def _normal(stddev: float):
@@ -20,7 +21,37 @@ def _normal(stddev: float):
     return init
 
 
-@register_mixer("lru")
+# docs/anchors.md section 3: LRU paper Table 9 (6 layers, pre-norm BatchNorm, AdamW wd 0.05, 10% warmup + cosine).
+#  task: (H, N, steps, batch, lr_factor, dropout, r_min, r_max, max_phase, bidirectional)
+LRU_ANCHORS = {
+    "image": (512, 384, 180_000, 50, 0.25, 0.1, 0.9, 0.999, 2 * math.pi, False),
+    "listops": (128, 256, 80_000, 32, 0.5, 0.0, 0.0, 0.99, 2 * math.pi, False),
+    "text": (256, 192, 50_000, 32, 0.1, 0.1, 0.5, 0.9, 2 * math.pi, False),
+    "retrieval": (128, 256, 100_000, 64, 0.5, 0.1, 0.5, 0.9, 2 * math.pi, False),
+    "pathfinder": (192, 256, 500_000, 64, 0.25, 0.0, 0.9, 0.999, 2 * math.pi, True),
+    "pathx": (128, 256, 250_000, 32, 0.25, 0.0, 0.999, 0.9999, math.pi / 10, True),
+}
+LRU_BASE_LR = 1e-3  # assumed: Table 9 gives the factor for the recurrence parameters, not this base rate
+
+
+def _lru_recipe(h, n, steps, batch, factor, dropout, r_min, r_max, phase, bidirectional) -> Recipe:
+    return Recipe(model=dict(n_layers=6, d_model=h, dropout=dropout, bidirectional=bidirectional, norm="batch",
+                             residual="prenorm"),
+                  options=dict(d_state=n, r_min=r_min, r_max=r_max, max_phase=phase),
+                  optim=dict(lr=LRU_BASE_LR, ssm_lr=LRU_BASE_LR * factor, weight_decay=0.05), batch_size=batch,
+                  num_steps=steps, source="docs/anchors.md section 3 (LRU paper, Table 9)")
+
+
+def _check_lru(values, context, ok):
+    if ok("r_min", "r_max") and values["r_min"] >= values["r_max"]:
+        yield "r_min", f"expected r_min < r_max, got r_min={values['r_min']}, r_max={values['r_max']}"
+
+
+@register_mixer(
+    "lru", param_groups=(DEFAULT, NO_DECAY, SSM), check=_check_lru,
+    config_options=dict(d_state=64, r_min=0.0, r_max=0.99, max_phase=2 * math.pi), cpu_options=dict(d_state=32),
+    recipes={task: _lru_recipe(*row) for task, row in LRU_ANCHORS.items()},
+    memory=ActivationModel(per_token=lambda o, d: 9 * d + 8 * ActivationModel.number(o, "d_state", 64)))
 class LRUMixer(SequenceMixer):
     """Linear Recurrent Unit, unidirectional (causal) or bidirectional.
 
@@ -45,7 +76,7 @@ class LRUMixer(SequenceMixer):
     r_min: float = 0.0
     r_max: float = 0.99
     max_phase: float = 2 * math.pi
-    scan_method: str = "auto"
+    scan_method: ScanMethod = ScanMethod.AUTO
     dtype: Any = None
 
     def setup(self) -> None:

@@ -7,10 +7,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from models.param_groups import SSM, grouped
-from models.registry import SequenceMixer, register_mixer
+from models.param_groups import DEFAULT, NO_DECAY, SSM, grouped
+from models.registry import ActivationModel, SequenceMixer, register_mixer
+from models.ssm import s4_recipes
 from ops import rtf as rtf_ops
 from ops import ssm as ssm_ops
+from ops.rtf import RTFInit
 
 
 def _coefficient_init(kind: str):
@@ -24,7 +26,20 @@ def _normal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) ->
     return jax.random.normal(key, shape, dtype)
 
 
-@register_mixer("rtf")
+def _check_rtf(values, context, ok):
+    if ok("trunc_len", "state_size"):
+        trunc_len = values["trunc_len"] or context.length  # 0: the task's length
+        if trunc_len is not None and trunc_len <= values["state_size"]:
+            what = "the sequence length" if values["trunc_len"] == 0 else "trunc_len"
+            yield "trunc_len", f"must exceed state_size = {values['state_size']}; {what} is {trunc_len}"
+
+
+# RTF's LRA recipe: S4's settings (assumed: RTF's LRA runs use a larger state than S4's N, at least 64).
+@register_mixer(
+    "rtf", param_groups=(DEFAULT, NO_DECAY, SSM), check=_check_rtf,
+    config_options=dict(state_size=64, trunc_len=0, coefficient_init="zeros"), cpu_options=dict(state_size=32),
+    recipes=s4_recipes("state_size", min_state=64, with_dt=False),
+    memory=ActivationModel(per_token=lambda o, d: 10 * d))
 class RTFMixer(SequenceMixer):
     """Rational transfer function SSM, one SISO system of order N per channel (state-free training).
 
@@ -51,7 +66,7 @@ class RTFMixer(SequenceMixer):
 
     state_size: int = 64
     trunc_len: int = 2048
-    coefficient_init: str = "zeros"
+    coefficient_init: RTFInit = RTFInit.ZEROS
     dtype: Any = None
 
     def setup(self) -> None:

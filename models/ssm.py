@@ -20,6 +20,7 @@ and have their own output map C (the S4 code and S5 do the same).
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from typing import Any
@@ -28,10 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.param_groups import SSM, grouped
-from models.registry import SequenceMixer, register_mixer
+from models.param_groups import DEFAULT, NO_DECAY, SSM, grouped
+from models.registry import ActivationModel, Recipe, SequenceMixer, register_mixer
 from ops import hippo
 from ops import ssm as ssm_ops
+from ops.scan import ScanMethod
+from ops.ssm import Discretization, S5CInit
 
 Init = Callable[..., jax.Array]
 
@@ -103,7 +106,90 @@ class _SISOConvMixer(SequenceMixer):
         return (y + d * u).astype(x.dtype if self.dtype is None else self.dtype)
 
 
-@register_mixer("s4")
+# docs/anchors.md section 3: S4 (state-spaces/s4 LRA configs; 6 layers, BatchNorm, bidirectional, wd 0.05, SSM lr 1e-3).
+#  task: (d_model, N, prenorm, dropout, lr, batch, epochs)
+S4_ANCHORS = {
+    "listops": (256, 4, False, 0.0, 0.01, 32, 40),
+    "text": (256, 4, True, 0.0, 0.01, 16, 32),
+    "retrieval": (256, 4, True, 0.0, 0.01, 64, 20),
+    "image": (512, 64, False, 0.1, 0.01, 50, 200),
+    "pathfinder": (256, 64, True, 0.0, 0.004, 64, 200),
+    "pathx": (256, 64, True, 0.0, 0.001, 16, 50),
+}
+
+
+def s4_recipes(state_option: str, *, min_state: int = 0, with_dt: bool = True) -> dict[str, Recipe]:
+    """S4's LRA settings per task (S4_ANCHORS), with its state size N set as `state_option` (at least
+    `min_state`) and, when `with_dt`, the step range's dt_min (1e-4 on Path-X, else 1e-3). S4D and RTF use
+    them too."""
+    recipes = {}
+    for task, (d_model, n, prenorm, dropout, lr, batch, epochs) in S4_ANCHORS.items():
+        options = {state_option: max(n, min_state)}
+        if with_dt:
+            options["dt_min"] = 1e-4 if task == "pathx" else 1e-3
+        recipes[task] = Recipe(
+            model=dict(n_layers=6, d_model=d_model, dropout=dropout, bidirectional=True, norm="batch",
+                       residual="prenorm" if prenorm else "postnorm"),
+            options=options, optim=dict(lr=lr, ssm_lr=1e-3, weight_decay=0.05), batch_size=batch, epochs=epochs,
+            source="docs/anchors.md section 3 (state-spaces/s4 LRA configs)")
+    return recipes
+
+
+# docs/anchors.md section 3: S5 official run scripts (bidirectional, pre-norm BatchNorm, ZOH, conjugate symmetry).
+#  task: (depth, H, P, J, batch, epochs, ssm_lr, lr, weight_decay, dropout)
+S5_ANCHORS = {
+    "listops": (8, 128, 16, 8, 50, 40, 1e-3, 3e-3, 0.04, 0.0),
+    "text": (6, 256, 192, 12, 50, 35, 1e-3, 4e-3, 0.07, 0.1),
+    "retrieval": (6, 128, 256, 16, 32, 20, 1e-3, 2e-3, 0.05, 0.0),
+    "image": (6, 512, 384, 3, 50, 250, 1e-3, 4.5e-3, 0.07, 0.1),
+    "pathfinder": (6, 192, 256, 8, 64, 200, 9e-4, 4.5e-3, 0.03, 0.05),
+    "pathx": (6, 128, 256, 16, 32, 75, 6e-4, 1.8e-3, 0.06, 0.0),
+}
+
+
+def _s5_recipe(task: str, depth, h, p, j, batch, epochs, ssm_lr, lr, wd, dropout) -> Recipe:
+    return Recipe(model=dict(n_layers=depth, d_model=h, dropout=dropout, bidirectional=True, norm="batch",
+                             residual="prenorm"),
+                  options=dict(state_size=p, blocks=j, dt_min=1e-4 if task == "pathx" else 1e-3),
+                  optim=dict(lr=lr, ssm_lr=ssm_lr, weight_decay=wd), batch_size=batch, epochs=epochs,
+                  warmup_fraction=None, source="docs/anchors.md section 3 (S5 run scripts; warmup one epoch)")
+
+
+def check_step_range(values, context, ok):
+    """0 < dt_min <= dt_max (the step-size options of the state-space mixers)."""
+    if ok("dt_min", "dt_max") and values["dt_min"] > values["dt_max"]:
+        yield "dt_min", f"expected dt_min <= dt_max, got dt_min={values['dt_min']}, dt_max={values['dt_max']}"
+
+
+def _check_s4(values, context, ok):
+    yield from check_step_range(values, context, ok)
+    if ok("d_state") and values["d_state"] % 2:
+        yield "d_state", f"expected an even int >= 2 (conjugate pairs), got {values['d_state']}"
+    if ok("l_max") and context.length is not None:
+        l_max = values["l_max"] or context.length
+        if l_max < context.length:
+            yield "l_max", (f"{values['l_max']} is shorter than the sequence length {context.length}: the kernel is "
+                            "defined up to l_max (0 takes the task's length)")
+
+
+def _check_s5(values, context, ok):
+    yield from check_step_range(values, context, ok)
+    if ok("state_size", "blocks"):
+        size, blocks = values["state_size"], values["blocks"]
+        if size % blocks:
+            yield "blocks", f"{blocks} does not divide state_size = {size}"
+        elif values.get("conj_sym", True) and (size // blocks) % 2:
+            yield "blocks", (f"conj_sym needs an even block size state_size / blocks, got {size} / {blocks} "
+                             f"= {size // blocks}")
+
+
+_SSM_GROUPS = (DEFAULT, NO_DECAY, SSM)
+_STEP_RANGE = dict(dt_min=1e-3, dt_max=1e-1)
+
+
+@register_mixer(
+    "s4", param_groups=_SSM_GROUPS, check=_check_s4, config_options=dict(d_state=64, l_max=0, **_STEP_RANGE),
+    cpu_options=dict(d_state=32), recipes=s4_recipes("d_state"), memory=ActivationModel(per_token=lambda o, d: 10 * d))
 class S4Mixer(_SISOConvMixer):
     """S4 with the DPLR (normal plus low-rank) LegS parameterisation and the bilinear discretisation.
 
@@ -197,7 +283,15 @@ class S4Mixer(_SISOConvMixer):
         return {**state, "h": h}, y.astype(out_dtype)
 
 
-S4D_INITS = ("lin", "inv", "legs")
+class S4DInit(enum.StrEnum):
+    """S4D's eigenvalue initialisations (see `s4d_eigenvalues`)."""
+
+    LIN = "lin"
+    INV = "inv"
+    LEGS = "legs"
+
+
+S4D_INITS = tuple(S4DInit)
 
 
 def s4d_eigenvalues(init: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +313,13 @@ def s4d_eigenvalues(init: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     return half.Lambda, half.B
 
 
-@register_mixer("s4d")
+@register_mixer(
+    "s4d", param_groups=_SSM_GROUPS, check=_check_s4,
+    config_options=dict(d_state=64, lambda_init="lin", discretization="zoh", **_STEP_RANGE),
+    cpu_options=dict(d_state=32), recipes=s4_recipes("d_state"),
+    memory=ActivationModel(per_token=lambda o, d: 8 * d,
+                           # the Vandermonde kernel (D, N, L), complex
+                           per_layer=lambda o, d, length: 1.5 * d * ActivationModel.number(o, "d_state", 64) * length))
 class S4DMixer(_SISOConvMixer):
     """S4D: diagonal SSM per channel, kernel by a Vandermonde product (ops.ssm.s4d_kernel).
 
@@ -238,8 +338,8 @@ class S4DMixer(_SISOConvMixer):
     """
 
     d_state: int = 64
-    lambda_init: str = "lin"
-    discretization: str = "zoh"
+    lambda_init: S4DInit = S4DInit.LIN
+    discretization: Discretization = Discretization.ZOH
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     chunk_size: int | None = None
@@ -300,7 +400,13 @@ class S4DMixer(_SISOConvMixer):
         return state, y.astype(out_dtype)
 
 
-@register_mixer("s5")
+@register_mixer(
+    "s5", param_groups=_SSM_GROUPS, check=_check_s5,
+    config_options=dict(state_size=64, blocks=4, discretization="zoh", **_STEP_RANGE,
+                        c_init="trunc_standard_normal", conj_sym=True),
+    cpu_options=dict(state_size=32, blocks=4),
+    recipes={task: _s5_recipe(task, *row) for task, row in S5_ANCHORS.items()},
+    memory=ActivationModel(per_token=lambda o, d: 10 * d + 2 * ActivationModel.number(o, "state_size", 64)))
 class S5Mixer(SequenceMixer):
     """S5: one diagonal MIMO SSM over all channels, run by ops.scan.linear_recurrence.
 
@@ -323,13 +429,13 @@ class S5Mixer(SequenceMixer):
 
     state_size: int = 64
     blocks: int = 1
-    discretization: str = "zoh"
+    discretization: Discretization = Discretization.ZOH
     dt_min: float = 1e-3
     dt_max: float = 1e-1
-    c_init: str = "trunc_standard_normal"
+    c_init: S5CInit = S5CInit.TRUNC_STANDARD_NORMAL
     conj_sym: bool = True
     clip_eigs: bool = False
-    scan_method: str = "auto"
+    scan_method: ScanMethod = ScanMethod.AUTO
     dtype: Any = None
 
     def setup(self) -> None:

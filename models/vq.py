@@ -54,19 +54,38 @@ All metrics are stop-gradiented scalars. Nothing is sown by `step`.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.param_groups import CODEBOOK, NO_DECAY, grouped
-from models.registry import SequenceMixer, register_mixer
+from models.attention import transformer_recipes
+from models.param_groups import CODEBOOK, DEFAULT, NO_DECAY, grouped
+from models.registry import ActivationModel, SequenceMixer, register_mixer
 from ops import vq as vq_ops
 from ops import vq_attention as vqa
+from ops.vq_attention import Formulation
 
-QUANTIZERS = ("ema", "rotation", "simvq")
-CODEBOOK_INITS = ("random", "keys", "kmeans")
+class Quantizer(enum.StrEnum):
+    """How the VQ mixer's codebook learns: EMA k-means, the rotation trick, or SimVQ's linear reparameterisation."""
+
+    EMA = "ema"
+    ROTATION = "rotation"
+    SIMVQ = "simvq"
+
+
+class CodebookInit(enum.StrEnum):
+    """Where the EMA quantisers' codes start: random normal, the first batch's keys, or k-means of them."""
+
+    RANDOM = "random"
+    KEYS = "keys"
+    KMEANS = "kmeans"
+
+
+QUANTIZERS = tuple(q.value for q in Quantizer)
+CODEBOOK_INITS = tuple(c.value for c in CodebookInit)
 LOSSES = "losses"
 METRICS = "metrics"
 
@@ -105,7 +124,7 @@ class _VQMixerBase(SequenceMixer):
     block_len: int = 32
     positional_bias: bool = True
     grad_through_cache: bool = False
-    formulation: str = "parallel"
+    formulation: Formulation = Formulation.PARALLEL
     qk_norm_center: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -220,7 +239,17 @@ class _VQMixerBase(SequenceMixer):
         return state, self._output(attn, g).astype(x_t.dtype)
 
 
-@register_mixer("vq")
+# Codebook health of the EMA quantisers in the configs: codebook_init "random" (Transformer-VQ), "keys" or "kmeans"
+# (from the first training batch's keys); dead_code_threshold > 0 restarts codes whose EMA count falls below that
+# share of the mean count at random current keys.
+@register_mixer(
+    "vq", param_groups=(DEFAULT, NO_DECAY, CODEBOOK),
+    config_options=dict(num_heads=1, key_dim=32, codebook_size=64, block_len=32, quantizer="ema",
+                        commitment_weight=1e-4, ema_decay=0.99, codebook_init="random", kmeans_iters=10,
+                        dead_code_threshold=0.0),
+    recipes=transformer_recipes(with_position=False),
+    memory=ActivationModel(per_token=lambda o, d: 31 * d + 8 * ActivationModel.number(o, "num_heads", 1)
+                           * ActivationModel.number(o, "codebook_size", 64)))
 class VQAttentionMixer(_VQMixerBase):
     """Transformer-VQ attention with a hard codebook; see the module docstring for options and sown values.
 
@@ -246,11 +275,11 @@ class VQAttentionMixer(_VQMixerBase):
     number, so they are deterministic and independent of the devices the batch is split over.
     """
 
-    quantizer: str = "ema"
+    quantizer: Quantizer = Quantizer.EMA
     commitment_weight: float = 1e-4
     ema_decay: float = 0.99
     simvq_codebook_weight: float = 1.0
-    codebook_init: str = "random"
+    codebook_init: CodebookInit = CodebookInit.RANDOM
     kmeans_iters: int = 10
     dead_code_threshold: float = 0.0
 
@@ -376,7 +405,12 @@ class VQAttentionMixer(_VQMixerBase):
             self.sow(LOSSES, "vq_codebook", vq_ops.assign_surrogate_loss(params, target_values))
 
 
-@register_mixer("vq_soft")
+@register_mixer(
+    "vq_soft", param_groups=(DEFAULT, NO_DECAY, CODEBOOK),
+    config_options=dict(num_heads=1, key_dim=32, codebook_size=64, block_len=32, temperature=1.0),
+    recipes=transformer_recipes(with_position=False),
+    memory=ActivationModel(per_token=lambda o, d: 31 * d + 19 * ActivationModel.number(o, "num_heads", 1)
+                           * ActivationModel.number(o, "codebook_size", 64)))
 class SoftVQAttentionMixer(_VQMixerBase):
     """Soft VQ attention (Performer as a soft Transformer-VQ, docs/methods.md section 6).
 

@@ -3,8 +3,8 @@
 Sections:
   task, seed
   data:   where the examples come from (generated or the official files) and the sequence length
-  model:  encoder shape and the mixer; `model.<mixer name>` holds the options of that mixer (only the section
-          of the selected mixer is used, and make_mixer rejects any key the mixer does not have)
+  model:  encoder shape and the mixer; `model.<mixer name>` holds the options of that mixer, one section per
+          registered mixer (only the selected one is used; resolve_mixer rejects a key the mixer does not have)
   optim:  AdamW with linear warmup and cosine decay; the state-space group's own learning rate
   train:  batch sizes, steps, evaluation, checkpointing, logging
 """
@@ -12,6 +12,8 @@ Sections:
 from __future__ import annotations
 
 import ml_collections
+
+from models.registry import mixer_contract, mixer_names
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,33 +42,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Activation dtype: "float32" or "bfloat16" (mixed precision: parameters, norms, softmax normalisers, scans,
     # FFT convolutions, prefix sums and the logits/loss stay float32; models/encoder.py).
     c.model.dtype = "float32"
-    # Options of each mixer (only the section named by model.mixer is used; defaults live in the mixer classes).
-    # Length options (l_max, trunc_len, max_decode_len) set to 0 take the task's sequence length.
-    c.model.lru = ml_collections.ConfigDict(dict(d_state=64, r_min=0.0, r_max=0.99, max_phase=6.283185307179586))
-    c.model.s4 = ml_collections.ConfigDict(dict(d_state=64, l_max=0, dt_min=1e-3, dt_max=1e-1))
-    c.model.s4d = ml_collections.ConfigDict(dict(d_state=64, lambda_init="lin", discretization="zoh",
-                                                 dt_min=1e-3, dt_max=1e-1))
-    c.model.s5 = ml_collections.ConfigDict(dict(state_size=64, blocks=4, discretization="zoh", dt_min=1e-3,
-                                                dt_max=1e-1, c_init="trunc_standard_normal", conj_sym=True))
-    c.model.rtf = ml_collections.ConfigDict(dict(state_size=64, trunc_len=0, coefficient_init="zeros"))
-    c.model.softmax = ml_collections.ConfigDict(dict(num_heads=4, position="none", max_decode_len=0))
-    c.model.blockwise = ml_collections.ConfigDict(dict(num_heads=4, position="none", block_size=128,
-                                                       max_decode_len=0))
-    c.model.linear = ml_collections.ConfigDict(dict(num_heads=4, feature_map="elu", chunk_size=64, position="none"))
-    c.model.performer = ml_collections.ConfigDict(dict(num_heads=4, num_features=64, kernel="softmax",
-                                                       chunk_size=64, position="none"))
-    # Nystrom exists only bidirectionally, and bidirectional attention without positions sees a bag of tokens
-    # (a causal mask at least tells a token how many came before it): RoPE by default. On the cpu ListOps budget
-    # it lifted validation accuracy from 0.26 (NoPE) to WORKSPACE.md's figure.
-    c.model.nystrom = ml_collections.ConfigDict(dict(num_heads=4, num_landmarks=32, position="rope"))
-    # vq codebook health (EMA quantisers): codebook_init "random" (Transformer-VQ), "keys" or "kmeans" (from the
-    # first training batch's keys); dead_code_threshold > 0 restarts codes whose EMA count falls below that share
-    # of the mean count at random current keys (models/vq.py).
-    c.model.vq = ml_collections.ConfigDict(dict(num_heads=1, key_dim=32, codebook_size=64, block_len=32,
-                                                quantizer="ema", commitment_weight=1e-4, ema_decay=0.99,
-                                                codebook_init="random", kmeans_iters=10, dead_code_threshold=0.0))
-    c.model.vq_soft = ml_collections.ConfigDict(dict(num_heads=1, key_dim=32, codebook_size=64, block_len=32,
-                                                     temperature=1.0))
+    # Options of each mixer (only the section named by model.mixer is used; the values come from each mixer's
+    # contract, MixerContract.config_options, and the defaults of the rest live in the mixer classes). Length
+    # options (l_max, trunc_len, max_decode_len) set to 0 take the task's sequence length.
+    for name in mixer_names():
+        c.model[name] = ml_collections.ConfigDict(dict(mixer_contract(name).config_options))
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 3e-3

@@ -72,7 +72,7 @@ def toy_run(tmp_path_factory):
     mixers = tuple(m for m in ("lru", bench.SOFTMAX) if m in registry.mixer_names()) + (BROKEN,)
     out = str(tmp_path_factory.mktemp("bench") / "toy.json")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(registry._MIXERS, BROKEN, _BrokenMixer)
+        patch.setitem(registry._CONTRACTS, BROKEN, registry.make_contract(BROKEN, _BrokenMixer))
         results = bench.run(_toy_settings(out, mixers))
     with open(out) as f:
         written = json.load(f)

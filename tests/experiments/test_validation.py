@@ -21,6 +21,7 @@ from experiments.configs import pathfinder as pathfinder_config
 from experiments.configs import text as text_config
 from experiments.validation import ConfigError, UnknownNameError, validate_config
 from models import registry
+from models.options import MAX_STATE
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VARIANTS = ["cpu"] + [f"{m}-cpu" for m in models.mixer_names()] + models.mixer_names()
@@ -89,7 +90,6 @@ def test_the_test_suites_tiny_configs_validate():
 def test_constants_agree_with_the_trainer_and_the_data_loader():
     assert validation.INPUT_ENCODINGS == trainer.INPUT_ENCODINGS
     assert validation.NONFINITE_POLICIES == trainer.NONFINITE_POLICIES
-    assert validation.LENGTH_OPTIONS == trainer.LENGTH_OPTIONS
     assert validation.GENERATED_TASKS == data_lib.GENERATED_TASKS
     assert validation.PATHFINDER_TASKS == tuple(data_lib.PATHFINDER_RESOLUTION)
 
@@ -252,7 +252,7 @@ def test_trace_reports_what_only_the_mixers_setup_checks(monkeypatch):
         def __call__(self, x, *, mask=None, deterministic=True):
             return x
 
-    monkeypatch.setitem(registry._MIXERS, "picky", PickyMixer)  # restored after the test
+    monkeypatch.setitem(registry._CONTRACTS, "picky", registry.make_contract("picky", PickyMixer))  # restored after the test
     config = listops_config.get_config()
     config.model.mixer = "picky"
     config.model.picky = ml_collections.ConfigDict(dict(strict=False))
@@ -472,7 +472,7 @@ def test_an_absurd_mixer_option_is_refused_naming_key_value_and_range(mixer, opt
 def test_the_upper_bounds_themselves_are_accepted():
     config = with_values(listops_config.get_config(), seed=validation.MAX_SEED,
                          train__eval_batch_size=validation.MAX_BATCH, model__d_model=validation.MAX_WIDTH,
-                         model__n_layers=validation.MAX_LAYERS, model__lru__d_state=validation.MAX_STATE,
+                         model__n_layers=validation.MAX_LAYERS, model__lru__d_state=MAX_STATE,
                          model__lru__max_phase=2 * 3.141592653589793, data__listops__generator_seed=2**32 - 1)
     validate_config(config)
     for ranges in (validation.RANGES, validation.OPTION_RANGES):
