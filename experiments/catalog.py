@@ -75,7 +75,7 @@ def _input_kind(spec: lra.TaskSpec) -> str:
 
 def _data_source(name: str) -> list[str]:
     """The data column, and for file tasks the download command on a line of its own."""
-    if name in validation.GENERATED_TASKS:
+    if "generated" in lra.get_task(name).sources:
         return ["generated, or data.source=files"]
     return ["official files", f"download: python -m lra.download {name} --data_dir=DIR"]
 

@@ -81,10 +81,7 @@ NOT_TASK_FILES = ("__init__.py", "base.py", "common.py")
 # tests/experiments/test_validation.py checks that they agree.
 INPUT_ENCODINGS = ("embed", "linear")
 NONFINITE_POLICIES = ("stop", "skip")
-# experiments/data.py: tasks that can be generated, and the resolution of the Pathfinder tasks.
-GENERATED_TASKS = ("listops", "pathfinder", "pathx")
-PATHFINDER_TASKS = ("pathfinder", "pathx")
-DATA_SOURCES = ("generated", "files")
+DATA_SOURCES = tuple(source.value for source in lra.DataSource)
 
 
 
@@ -460,7 +457,7 @@ def _check_general(c: _Checker) -> lra.TaskSpec | None:
     # data
     c.choice("data.source", DATA_SOURCES)
     if spec is not None and c.usable("data.source"):
-        allowed = DATA_SOURCES if spec.name in GENERATED_TASKS else ("files",)
+        allowed = spec.sources
         if c.get("data.source") not in allowed:
             c.fail("data.source", f"task {spec.name!r} accepts {', '.join(map(repr, allowed))}, "
                                   f"got {c.get('data.source')!r}{_suggest_value(c.get('data.source'), allowed)}")
@@ -517,7 +514,7 @@ def _check_length(c: _Checker, spec: lra.TaskSpec) -> None:
 def _check_generator(c: _Checker, spec: lra.TaskSpec) -> None:
     """The generator sections of generated tasks (and Pathfinder's difficulty, which files use too)."""
     generated = c.get("data.source") == "generated" and not c.has_problem("data.source")
-    if spec.name == "listops" and generated:
+    if spec.data_section == "listops" and generated:
         section = "data.listops"
         if not c.has(section):
             c.fail(section, "missing; generated ListOps needs its generator settings (see "
@@ -547,7 +544,7 @@ def _check_generator(c: _Checker, spec: lra.TaskSpec) -> None:
                 and c.get("train.batch_size") > c.get(f"{section}.num_train"):
             c.fail("train.batch_size", f"{c.get('train.batch_size')} is larger than the generated train split "
                                        f"(data.listops.num_train = {c.get(f'{section}.num_train')})")
-    if spec.name in PATHFINDER_TASKS:
+    if spec.data_section == "pathfinder":
         section = "data.pathfinder"
         if not c.has(section):
             c.fail(section, f"missing; task {spec.name!r} needs difficulty (and, when generated, num_examples and "

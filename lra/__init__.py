@@ -1,17 +1,32 @@
-"""Long Range Arena tasks: specs, readers, generators, tokenisers and deterministic batching (numpy only).
+"""Long Range Arena tasks: specs, readers, generators, tokenisers and deterministic batching (numpy; Pillow for
+the Pathfinder images).
 
 Task specs and the Split container: lra/tasks.py. Readers and generators, one module per task family:
 listops.py (generator + official TSV), text.py (IMDB), retrieval.py (AAN), image.py (CIFAR-10, IDX),
-pathfinder.py (generator + official layout). bytes.py is the byte tokeniser; batching.py the batch order;
+pathfinder/ (generator + official layout, a package). bytes.py is the byte tokeniser; batching.py the batch order;
 files.py opens data files (regular files only, size-bounded, never blocking).
 """
 
 from lra.batching import BatchSchedule, eval_batches, num_eval_batches
 from lra.errors import LRADataError
-from lra.tasks import Split, TaskSpec, UnknownTaskError, get_task, majority_rate, register_task, task_names
+from lra.tasks import (
+    DataRequest,
+    DataSource,
+    HeadKind,
+    Split,
+    TaskSpec,
+    UnknownTaskError,
+    get_task,
+    majority_rate,
+    register_task,
+    task_names,
+)
 
 __all__ = [
     "BatchSchedule",
+    "DataRequest",
+    "DataSource",
+    "HeadKind",
     "LRADataError",
     "Split",
     "TaskSpec",

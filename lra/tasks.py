@@ -13,35 +13,84 @@ Shapes: `Split.inputs` is (n, L) int32 for single-input tasks and (n, 2, L) int3
 from __future__ import annotations
 
 import dataclasses
+import enum
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 
+class HeadKind(enum.StrEnum):
+    """What the model predicts: one label per sequence (pooled), one per pair of sequences (dual: retrieval's
+    two documents through one shared encoder), or one per position (language modelling, recall diagnostics)."""
+
+    POOLED = "pooled"
+    DUAL = "dual"
+    PER_POSITION = "per_position"
+
+
+class DataSource(enum.StrEnum):
+    """Where a task's examples come from: generated here (seeded, cached) or read from the official files."""
+
+    GENERATED = "generated"
+    FILES = "files"
+
+
 @dataclasses.dataclass(frozen=True)
+class DataRequest:
+    """What a loader is asked for: the source, the official files' directory (source "files"), the cache root
+    for generated data and preprocessed arrays, the sequence length, and the config's data section as a dict
+    (the task's own keys: e.g. data.listops, data.pathfinder, data.val_size)."""
+
+    source: str
+    data_dir: str
+    cache_dir: str
+    seq_len: int
+    options: Mapping[str, Any]
+
+
+Loader = Callable[["TaskSpec", DataRequest], "dict[str, Split]"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TaskSpec:
-    """Static description of one LRA task.
+    """Static description of one task, and its contract: how its data are loaded and what the model predicts.
 
     Attributes:
       name: registry key, e.g. "listops".
       seq_len: tokens per input sequence (per document for dual-input tasks).
       vocab_size: number of input ids including the padding id (ids are 0..vocab_size-1).
       num_classes: number of output classes.
-      dual_input: True when each example holds two sequences (retrieval).
+      head: HeadKind (default pooled; dual when `dual_input`).
+      dual_input: True when each example holds two sequences (retrieval); the same as head == DUAL.
       pad_id: id used for padding.
-      padded: whether sequences can be padded. False for pixel tasks, whose every position is real (pixel 0
-        is black, not padding: LRA's `inputs > 0` mask is a known quirk not copied here).
+      padded: whether sequences can be padded (the input kind: tokens). False for pixel tasks, whose every
+        position is real (pixel 0 is black, not padding: LRA's `inputs > 0` mask is a known quirk not copied here).
       description: one line for humans.
+      train_size: examples in the official training split (turns a recipe's epochs into steps).
+      metrics: what evaluation reports besides the loss.
+      loaders: source ("generated" / "files") -> Loader(spec, request) -> {"train", "val", "test"} splits.
+      reads: what the "files" loader reads from data_dir (named when the directory is missing).
+      download: the `python -m lra.download` target that fetches the official files (None: none).
+      data_section: the task's own section of config.data (its generator settings), or None.
     """
 
     name: str
     seq_len: int
     vocab_size: int
     num_classes: int
-    dual_input: bool
+    head: HeadKind | None = None
+    dual_input: bool = False
     pad_id: int = 0
     description: str = ""
     padded: bool = True
-    train_size: int = 0  # examples in the official training split (turns a recipe's epochs into steps)
+    train_size: int = 0
+    metrics: tuple[str, ...] = ("accuracy",)
+    loaders: Mapping[str, Loader] = dataclasses.field(default_factory=dict, compare=False)
+    reads: str = ""
+    download: str | None = None
+    data_section: str | None = None
 
     def __post_init__(self) -> None:
         for field in ("seq_len", "vocab_size", "num_classes"):
@@ -52,6 +101,34 @@ class TaskSpec:
             raise ValueError(
                 f"TaskSpec {self.name!r}: pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id}"
             )
+        head = HeadKind(self.head) if self.head is not None else (HeadKind.DUAL if self.dual_input else HeadKind.POOLED)
+        if self.dual_input != (head == HeadKind.DUAL):
+            raise ValueError(f"TaskSpec {self.name!r}: dual_input={self.dual_input} contradicts head={head.value!r}")
+        object.__setattr__(self, "head", head)
+        unknown = sorted(set(self.loaders) - {s.value for s in DataSource})
+        if unknown:
+            raise ValueError(f"TaskSpec {self.name!r}: unknown data source(s) {unknown}; expected "
+                             f"{', '.join(repr(s.value) for s in DataSource)}")
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The data sources this task accepts, generated first."""
+        return tuple(s.value for s in DataSource if s.value in self.loaders)
+
+    def load(self, request: DataRequest) -> dict[str, Split]:
+        """The task's {"train", "val", "test"} splits from `request.source` (ValueError for a source the task does
+        not have; FileNotFoundError naming the flag and the download command for a missing data_dir)."""
+        if request.source not in self.loaders:
+            raise ValueError(f"--config.data.source={request.source!r}: task {self.name!r} accepts {self.sources}")
+        if request.source == DataSource.FILES and not (request.data_dir and os.path.isdir(request.data_dir)):
+            from lra.download import download_hint
+
+            hint = download_hint(self.download or self.name, request.data_dir) or \
+                "see WORKSPACE.md (Data) for where the official files come from"
+            raise FileNotFoundError(
+                f"--config.data.data_dir={request.data_dir!r} is not a directory; task {self.name!r} reads "
+                f"{self.reads or 'its files'} from it; {hint}")
+        return self.loaders[request.source](self, request)
 
 
 class UnknownTaskError(KeyError):
@@ -91,71 +168,105 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# ------------------------------------------------------------------------------------------------ loaders
+# One per task and source: a request -> the splits, through the task module's reader or generator.
+
+
+def _listops_generated(spec: TaskSpec, request: DataRequest) -> dict[str, Split]:
+    from lra import listops
+
+    options = dict(request.options["listops"])
+    options["seed"] = options.pop("generator_seed")
+    return listops.load_listops(listops.ensure_generated(request.cache_dir, **options), spec.seq_len)
+
+
+def _listops_files(spec: TaskSpec, request: DataRequest) -> dict[str, Split]:
+    from lra import listops
+
+    return listops.load_listops(request.data_dir, spec.seq_len)
+
+
+def _text_files(spec: TaskSpec, request: DataRequest) -> dict[str, Split]:
+    from lra import text
+
+    return text.load_text(request.data_dir, spec.seq_len, val_fraction=request.options.get("val_fraction", 0.1),
+                          seed=request.options.get("split_seed", 0))
+
+
+def _retrieval_files(spec: TaskSpec, request: DataRequest) -> dict[str, Split]:
+    from lra import retrieval
+
+    return retrieval.load_retrieval(request.data_dir, spec.seq_len)
+
+
+def _cifar_files(spec: TaskSpec, request: DataRequest) -> dict[str, Split]:
+    from lra import image
+
+    return image.load_cifar10(request.data_dir, val_size=request.options.get("val_size", 5000))
+
+
+def _idx_files(spec: TaskSpec, request: DataRequest) -> dict[str, Split]:
+    from lra import image
+
+    return image.load_idx_images(request.data_dir, permuted=spec.name == "pmnist",
+                                 permutation_seed=request.options.get("permutation_seed", 0),
+                                 val_size=request.options.get("val_size", 6000))
+
+
+def _pathfinder_loader(resolution: int, generated: bool) -> Loader:
+    def load(spec: TaskSpec, request: DataRequest) -> dict[str, Split]:
+        from lra import pathfinder
+
+        options = request.options["pathfinder"]
+        directory = request.data_dir
+        if generated:
+            directory = pathfinder.ensure_generated_pathfinder(
+                request.cache_dir, resolution, options["difficulty"], options["num_examples"],
+                options["generator_seed"])
+        return pathfinder.load_pathfinder(directory, resolution, options["difficulty"],
+                                          cache_dir=os.path.join(request.cache_dir, "pathfinder-arrays"))
+
+    return load
+
+
+def _pathfinder(resolution: int) -> dict[str, Loader]:
+    return {"generated": _pathfinder_loader(resolution, True), "files": _pathfinder_loader(resolution, False)}
+
+
 # Vocabulary sizes follow LRA's own tokenisation (docs/lra_data.md section 2): ListOps uses our fixed
 # 15-symbol vocabulary plus padding (no OOV id: unknown symbols are an error); text and retrieval use
 # ByteTextEncoder (byte + 1, pad 0); image and pathfinder use the raw pixel value 0..255 as the id.
-register_task(TaskSpec("listops", 2000, 16, 10, False, train_size=96_000,
-                       description="ListOps: evaluate nested MIN/MAX/MED/SM"))
-register_task(
-    TaskSpec("text", 4096, 257, 2, False, train_size=22_500, description="IMDB sentiment on raw bytes, id byte+1, pad 0 (lra.text)")
-)
-register_task(
-    TaskSpec(
-        "retrieval",
-        4000,
-        257,
-        2,
-        True,
-        train_size=147_086,
-        description="AAN citation link between two byte documents, id byte+1, pad 0 (lra.retrieval)",
-    )
-)
-register_task(
-    TaskSpec(
-        "image",
-        1024,
-        256,
-        10,
-        False,
-        padded=False,
-        train_size=45_000,
-        description="CIFAR-10 grayscale pixels 0..255, never padded (lra.image)",
-    )
-)
-register_task(
-    TaskSpec(
-        "pathfinder",
-        1024,
-        256,
-        2,
-        False,
-        padded=False,
-        train_size=160_000,
-        description="Pathfinder 32x32 pixels 0..255, never padded (lra.pathfinder)",
-    )
-)
-register_task(
-    TaskSpec(
-        "pathx",
-        16384,
-        256,
-        2,
-        False,
-        padded=False,
-        train_size=160_000,
-        description="Path-X 128x128 pixels 0..255, never padded (lra.pathfinder)",
-    )
-)
+register_task(TaskSpec(
+    name="listops", seq_len=2000, vocab_size=16, num_classes=10, train_size=96_000,
+    loaders={"generated": _listops_generated, "files": _listops_files}, reads="basic_{train,val,test}.tsv",
+    download="listops", data_section="listops", description="ListOps: evaluate nested MIN/MAX/MED/SM"))
+register_task(TaskSpec(
+    name="text", seq_len=4096, vocab_size=257, num_classes=2, train_size=22_500, loaders={"files": _text_files},
+    reads="the aclImdb tree or train.tsv/test.tsv", download="text",
+    description="IMDB sentiment on raw bytes, id byte+1, pad 0 (lra.text)"))
+register_task(TaskSpec(
+    name="retrieval", seq_len=4000, vocab_size=257, num_classes=2, head=HeadKind.DUAL, dual_input=True,
+    train_size=147_086, loaders={"files": _retrieval_files}, reads="new_aan_pairs.{train,eval,test}.tsv",
+    download="retrieval",
+    description="AAN citation link between two byte documents, id byte+1, pad 0 (lra.retrieval)"))
+register_task(TaskSpec(
+    name="image", seq_len=1024, vocab_size=256, num_classes=10, padded=False, train_size=45_000,
+    loaders={"files": _cifar_files}, reads="cifar-10-batches-py", download="image",
+    description="CIFAR-10 grayscale pixels 0..255, never padded (lra.image)"))
+register_task(TaskSpec(
+    name="pathfinder", seq_len=1024, vocab_size=256, num_classes=2, padded=False, train_size=160_000,
+    loaders=_pathfinder(32), reads="the pathfinder32 layout (curv_*/imgs, curv_*/metadata)", download="pathfinder",
+    data_section="pathfinder", description="Pathfinder 32x32 pixels 0..255, never padded (lra.pathfinder)"))
+register_task(TaskSpec(
+    name="pathx", seq_len=16384, vocab_size=256, num_classes=2, padded=False, train_size=160_000,
+    loaders=_pathfinder(128), reads="the pathfinder128 layout (curv_*/imgs, curv_*/metadata)", download="pathx",
+    data_section="pathfinder", description="Path-X 128x128 pixels 0..255, never padded (lra.pathfinder)"))
 # Extra pixel tasks (not in LRA): 28x28 IDX images as 784 pixels 0..255, never padded (lra.image).
-register_task(TaskSpec("mnist", 784, 256, 10, False, padded=False, description="sequential MNIST pixels (lra.image)"))
-register_task(
-    TaskSpec(
-        "pmnist", 784, 256, 10, False, padded=False, description="MNIST pixels in a fixed permuted order (lra.image)"
-    )
-)
-register_task(
-    TaskSpec("fashion_mnist", 784, 256, 10, False, padded=False, description="sequential Fashion-MNIST (lra.image)")
-)
+for _name, _what in (("mnist", "sequential MNIST pixels"), ("pmnist", "MNIST pixels in a fixed permuted order"),
+                     ("fashion_mnist", "sequential Fashion-MNIST")):
+    register_task(TaskSpec(name=_name, seq_len=784, vocab_size=256, num_classes=10, padded=False,
+                           loaders={"files": _idx_files}, reads="the IDX image and label files", download=_name,
+                           description=f"{_what} (lra.image)"))
 
 
 @dataclasses.dataclass

@@ -166,7 +166,7 @@ def data_root(tmp_path_factory):
 
 def ensure_pathfinder(task: str, data_root) -> None:
     """Generates the task's tiny Pathfinder set into the data cache in this process (once per module)."""
-    resolution = data_lib.PATHFINDER_RESOLUTION[task]
+    resolution = {"pathfinder": 32, "pathx": 128}[task]
     pathfinder_lib.ensure_generated_pathfinder(str(data_root / "cache"), resolution, "hard",
                                                PATHFINDER_EXAMPLES[task], 0, num_workers=1)
 

@@ -39,7 +39,7 @@ def test_every_task_appears_with_length_classes_input_and_data(text):
         assert ("pixels" if not spec.padded else "tokens") in row[3]
         assert ("dual input" in row[3]) == spec.dual_input
         download = f"python -m lra.download {name} --data_dir=DIR"
-        if name in validation.GENERATED_TASKS:
+        if "generated" in lra.get_task(name).sources:
             assert "generated" in row[3] and download not in text
         else:
             assert "files" in row[3] and download in text

@@ -90,8 +90,7 @@ def test_the_test_suites_tiny_configs_validate():
 def test_constants_agree_with_the_trainer_and_the_data_loader():
     assert validation.INPUT_ENCODINGS == trainer.INPUT_ENCODINGS
     assert validation.NONFINITE_POLICIES == trainer.NONFINITE_POLICIES
-    assert validation.GENERATED_TASKS == data_lib.GENERATED_TASKS
-    assert validation.PATHFINDER_TASKS == tuple(data_lib.PATHFINDER_RESOLUTION)
+    assert validation.DATA_SOURCES == ("generated", "files")
 
 
 # ------------------------------------------------------------------------------------------------- bad values

@@ -194,19 +194,19 @@ def test_unknown_task_error_lists_the_registered_tasks():
 
 def test_register_task_refuses_silent_replacement(monkeypatch):
     monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))  # keep the global registry untouched
-    spec = TaskSpec("toy", 8, 4, 2, False)
+    spec = TaskSpec(name="toy", seq_len=8, vocab_size=4, num_classes=2)
     assert register_task(spec) is spec and register_task(spec) is spec  # identical: a no-op
     with pytest.raises(ValueError, match="already registered"):
-        register_task(TaskSpec("toy", 16, 4, 2, False))
-    register_task(TaskSpec("toy", 16, 4, 2, False), overwrite=True)
+        register_task(TaskSpec(name="toy", seq_len=16, vocab_size=4, num_classes=2))
+    register_task(TaskSpec(name="toy", seq_len=16, vocab_size=4, num_classes=2), overwrite=True)
     assert get_task("toy").seq_len == 16
 
 
 def test_task_spec_validates_its_fields():
     with pytest.raises(ValueError, match="seq_len"):
-        TaskSpec("bad", 0, 4, 2, False)
+        TaskSpec(name="bad", seq_len=0, vocab_size=4, num_classes=2)
     with pytest.raises(ValueError, match="pad_id"):
-        TaskSpec("bad", 8, 4, 2, False, pad_id=4)
+        TaskSpec(name="bad", seq_len=8, vocab_size=4, num_classes=2, pad_id=4)
 
 
 def test_split_validates_shapes_and_dtypes():
