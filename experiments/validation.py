@@ -67,6 +67,7 @@ from models.options import (  # noqa: F401  (LENGTH_OPTIONS, OPTION_RANGES: re-e
     OPTION_RANGES,
     RESERVED_OPTIONS,
     Range,
+    int_from,
     int_from_zero,
     number_from_zero,
     positive_int,
@@ -281,17 +282,6 @@ RANGES: dict[str, Range] = {
     "data.permutation_seed": int_from_zero(MAX_SEED),
     "data.val_size": positive_int(MAX_EXAMPLES),
     "data.val_fraction": unit_interval(low_open=True),
-    "data.listops.num_train": positive_int(MAX_EXAMPLES),
-    "data.listops.num_val": positive_int(MAX_EXAMPLES),
-    "data.listops.num_test": positive_int(MAX_EXAMPLES),
-    "data.listops.min_length": int_from_zero(MAX_LENGTH),
-    "data.listops.max_length": positive_int(MAX_LENGTH),
-    "data.listops.max_depth": positive_int(100),
-    "data.listops.max_args": Range(2, 100, True, phrase="an int >= 2",
-                                   note=" (an operator has 2 or more arguments)"),
-    "data.listops.generator_seed": int_from_zero(MAX_SEED),
-    "data.pathfinder.num_examples": positive_int(MAX_EXAMPLES),
-    "data.pathfinder.generator_seed": int_from_zero(MAX_SEED),
     "model.d_model": positive_int(MAX_WIDTH),
     "model.n_layers": positive_int(MAX_LAYERS),
     "model.dropout": unit_interval(),
@@ -489,7 +479,7 @@ def _check_general(c: _Checker) -> lra.TaskSpec | None:
     c.choice("train.nonfinite", NONFINITE_POLICIES)
     _check_warmup(c)
     if spec is not None:  # after the batch size's own range: the generated splits must hold a batch
-        _check_generator(c, spec)
+        _check_task_data(c, spec)
     return spec
 
 
@@ -511,58 +501,27 @@ def _check_length(c: _Checker, spec: lra.TaskSpec) -> None:
                                f"padded or cut): expected 0 or {spec.seq_len}, got {seq_len}")
 
 
-def _check_generator(c: _Checker, spec: lra.TaskSpec) -> None:
-    """The generator sections of generated tasks (and Pathfinder's difficulty, which files use too)."""
-    generated = c.get("data.source") == "generated" and not c.has_problem("data.source")
-    if spec.data_section == "listops" and generated:
-        section = "data.listops"
-        if not c.has(section):
-            c.fail(section, "missing; generated ListOps needs its generator settings (see "
-                            "experiments/configs/listops.py)")
-            return
-        for key in ("num_train", "num_val", "num_test", "min_length", "max_length", "max_depth", "max_args",
-                    "generator_seed"):
-            c.in_range(f"{section}.{key}")
-        window = ("min_length", "max_length", "max_depth", "max_args")
-        if all(c.usable(f"{section}.{k}") for k in window):
-            from lra import listops
-
-            values = {k: c.get(f"{section}.{k}") for k in window}
-            try:
-                listops._check_generation_parameters((1, 1, 1), seed=0, **values)
-            except ValueError as error:
-                c.fail(f"{section}.min_length", f"{error} (data.listops.min_length, max_length, max_depth and "
-                                                "max_args)")
-            if c.usable("data.seq_len"):
-                longest = values["max_length"] - 1  # lengths are < max_length
-                length = task_length(c.config, spec)
-                if length < longest:
-                    c.fail("data.seq_len", f"{length} is shorter than the longest generated ListOps example "
-                                           f"(data.listops.max_length - 1 = {longest}): truncated expressions "
-                                           "have wrong labels; raise data.seq_len or lower max_length")
-        if c.usable(f"{section}.num_train") and c.usable("train.batch_size") \
-                and c.get("train.batch_size") > c.get(f"{section}.num_train"):
-            c.fail("train.batch_size", f"{c.get('train.batch_size')} is larger than the generated train split "
-                                       f"(data.listops.num_train = {c.get(f'{section}.num_train')})")
-    if spec.data_section == "pathfinder":
-        section = "data.pathfinder"
-        if not c.has(section):
-            c.fail(section, f"missing; task {spec.name!r} needs difficulty (and, when generated, num_examples and "
-                            f"generator_seed): see experiments/configs/{spec.name}.py")
-            return
-        from lra.pathfinder import DIFFICULTIES
-
-        difficulties = list(DIFFICULTIES) + [directory for directory, _ in DIFFICULTIES.values()]
-        c.choice(f"{section}.difficulty", difficulties)
-        if generated:
-            c.in_range(f"{section}.num_examples")
-            c.in_range(f"{section}.generator_seed")
-            examples = f"{section}.num_examples"
-            if c.usable(examples) and c.usable("train.batch_size"):
-                num_train = c.get(examples) * 8 // 10  # lra.pathfinder.split_positions: 80 / 10 / 10 %
-                if c.get("train.batch_size") > num_train:
-                    c.fail("train.batch_size", f"{c.get('train.batch_size')} is larger than the generated train "
-                                               f"split ({num_train} = 80% of data.pathfinder.num_examples)")
+def _check_task_data(c: _Checker, spec: lra.TaskSpec) -> None:
+    """The task's own data section (config.data.<spec.data_section>), from its contract (lra/tasks.py TaskSpec):
+    int ranges and closed sets of the keys it sets, then the task's relations (its generator settings, a batch no
+    larger than a generated train split, a sequence length that holds the longest example)."""
+    if spec.data_section is None:
+        return
+    section = f"data.{spec.data_section}"
+    for key, (low, high) in spec.data_ranges.items():
+        if c.has(f"{section}.{key}"):
+            c.in_range(f"{section}.{key}", int_from(low, high))
+    for key, allowed in spec.data_choices.items():
+        c.choice(f"{section}.{key}", allowed)
+    values = None
+    if c.has(section) and _is_section(c.get(section)):
+        values = {k: c.get(f"{section}.{k}") for k in c.get(section).keys() if c.usable(f"{section}.{k}")}
+    context = lra.DataContext(
+        source=c.get("data.source") if c.usable("data.source") else None,
+        seq_len=task_length(c.config, spec) if c.usable("data.seq_len") else None,
+        batch_size=c.get("train.batch_size") if c.usable("train.batch_size") else None)
+    for key, message in spec.check_data(values, context) if spec.check_data else ():
+        c.fail(key, message)
 
 
 # --------------------------------------------------------------------------------------- stage 2 (mixers)

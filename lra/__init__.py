@@ -10,6 +10,7 @@ files.py opens data files (regular files only, size-bounded, never blocking).
 from lra.batching import BatchSchedule, eval_batches, num_eval_batches
 from lra.errors import LRADataError
 from lra.tasks import (
+    DataContext,
     DataRequest,
     DataSource,
     HeadKind,
@@ -24,6 +25,7 @@ from lra.tasks import (
 
 __all__ = [
     "BatchSchedule",
+    "DataContext",
     "DataRequest",
     "DataSource",
     "HeadKind",

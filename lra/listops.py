@@ -34,7 +34,8 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -265,6 +266,42 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     """
     threaded = any(name in sys.modules for name in ("jax", "jaxlib", "torch", "tensorflow"))
     return multiprocessing.get_context("spawn" if threaded else "fork")
+
+
+# The generator section of a config (config.data.listops): int ranges, and the relations `check_generator_config`
+# reports before anything is built (the TaskSpec in lra/tasks.py carries both).
+GENERATOR_RANGES = {
+    "num_train": (1, 10_000_000), "num_val": (1, 10_000_000), "num_test": (1, 10_000_000),
+    "min_length": (0, 2**20), "max_length": (1, 2**20), "max_depth": (1, 100), "max_args": (2, 100),
+    "generator_seed": (0, 2**32 - 1),
+}
+
+
+def check_generator_config(section: Any, context: Any) -> Iterator[tuple[str, str]]:
+    """The relations of config.data.listops for a generated run: settings that can generate trees, a sequence
+    length that holds the longest example, a train split that holds a batch (lra.tasks.DataCheck)."""
+    if context.source != "generated":
+        return
+    if section is None:
+        yield "data.listops", ("missing; generated ListOps needs its generator settings (see "
+                               "experiments/configs/listops.py)")
+        return
+    window = ("min_length", "max_length", "max_depth", "max_args")
+    if all(key in section for key in window):
+        values = {key: section[key] for key in window}
+        try:
+            _check_generation_parameters((1, 1, 1), seed=0, **values)
+        except ValueError as error:
+            yield "data.listops.min_length", (f"{error} (data.listops.min_length, max_length, max_depth and "
+                                              "max_args)")
+        longest = values["max_length"] - 1  # lengths are < max_length
+        if context.seq_len is not None and context.seq_len < longest:
+            yield "data.seq_len", (f"{context.seq_len} is shorter than the longest generated ListOps example "
+                                   f"(data.listops.max_length - 1 = {longest}): truncated expressions have wrong "
+                                   "labels; raise data.seq_len or lower max_length")
+    if "num_train" in section and context.batch_size is not None and context.batch_size > section["num_train"]:
+        yield "train.batch_size", (f"{context.batch_size} is larger than the generated train split "
+                                   f"(data.listops.num_train = {section['num_train']})")
 
 
 def _check_generation_parameters(

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,23 @@ class DataRequest:
 Loader = Callable[["TaskSpec", DataRequest], "dict[str, Split]"]
 
 
+@dataclasses.dataclass(frozen=True)
+class DataContext:
+    """What a task's config check sees besides its data section: the source, the run's sequence length and
+    train batch size (None where the config's own value is bad, already reported)."""
+
+    source: str | None
+    seq_len: int | None
+    batch_size: int | None
+
+
+# check(section, context) -> [(config key, message)]: the relations of a task's data section (config.data.<section>,
+# None when the config has none; only keys whose values passed their ranges), e.g. generator settings that
+# cannot produce a dataset, or a batch larger than the generated train split. Keys are dotted config keys
+# ("data.listops.min_length", "train.batch_size").
+DataCheck = Callable[[Mapping[str, Any] | None, DataContext], Iterable[tuple[str, str]]]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     """Static description of one task, and its contract: how its data are loaded and what the model predicts.
@@ -74,6 +92,9 @@ class TaskSpec:
       reads: what the "files" loader reads from data_dir (named when the directory is missing).
       download: the `python -m lra.download` target that fetches the official files (None: none).
       data_section: the task's own section of config.data (its generator settings), or None.
+      data_ranges: key of that section -> (low, high), the inclusive range of an int setting; data_choices: key ->
+        the allowed values of a closed set.
+      check_data: DataCheck, the section's relations (validation reports them before anything is built).
     """
 
     name: str
@@ -91,6 +112,9 @@ class TaskSpec:
     reads: str = ""
     download: str | None = None
     data_section: str | None = None
+    data_ranges: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict, compare=False)
+    data_choices: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict, compare=False)
+    check_data: DataCheck | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for field in ("seq_len", "vocab_size", "num_classes"):
@@ -168,7 +192,61 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+@dataclasses.dataclass
+class Split:
+    """One split of a task, fully in memory.
+
+    Attributes:
+      inputs: (n, L) int32, or (n, 2, L) int32 for dual-input tasks; padded with the task's pad_id. May be
+        uint8 (ids < 256, e.g. a read-only memmap of pixels); lra.batching returns int32 batches either way.
+      labels: (n,) int32.
+      name: "train", "val" or "test".
+      num_truncated: how many examples were longer than L and were cut to L when building `inputs`.
+    """
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    name: str
+    num_truncated: int = 0
+
+    def __post_init__(self) -> None:
+        # uint8 inputs are pixel ids held compactly (e.g. a memory-mapped image cache); batches come out int32.
+        if self.inputs.dtype not in (np.int32, np.uint8) or self.labels.dtype != np.int32:
+            raise ValueError(
+                f"Split {self.name!r}: inputs must be int32 or uint8 and labels int32, got {self.inputs.dtype} "
+                f"and {self.labels.dtype}"
+            )
+        if self.labels.ndim != 1 or self.inputs.ndim not in (2, 3) or len(self.inputs) != len(self.labels):
+            raise ValueError(
+                f"Split {self.name!r}: expected inputs (n, L) or (n, 2, L) and labels (n,), "
+                f"got {self.inputs.shape} and {self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def majority_rate(labels_train: np.ndarray, labels_eval: np.ndarray) -> float:
+    """Accuracy on `labels_eval` of always predicting the most frequent TRAIN label.
+
+    This is the baseline a classifier must beat: predicting the train-set mode without looking at the
+    inputs. Ties between equally frequent train labels go to the smallest label. Cost O(n_train + n_eval).
+    """
+    labels_train = np.asarray(labels_train)
+    labels_eval = np.asarray(labels_eval)
+    if labels_train.size == 0 or labels_eval.size == 0:
+        raise ValueError(
+            f"majority_rate needs non-empty label arrays, got sizes {labels_train.size} and {labels_eval.size}"
+        )
+    values, counts = np.unique(labels_train, return_counts=True)
+    mode = values[np.argmax(counts)]  # np.unique sorts, argmax takes the first maximum: smallest label wins
+    return float(np.mean(labels_eval == mode))
+
+
 # ------------------------------------------------------------------------------------------------ loaders
+# (at the end of the module: the task modules import Split from here)
+
+from lra import listops  # noqa: E402
 # One per task and source: a request -> the splits, through the task module's reader or generator.
 
 
@@ -229,8 +307,34 @@ def _pathfinder_loader(resolution: int, generated: bool) -> Loader:
     return load
 
 
-def _pathfinder(resolution: int) -> dict[str, Loader]:
-    return {"generated": _pathfinder_loader(resolution, True), "files": _pathfinder_loader(resolution, False)}
+PATHFINDER_RANGES = {"num_examples": (1, 10_000_000), "generator_seed": (0, 2**32 - 1)}
+
+
+def _check_pathfinder(section: Mapping[str, Any] | None, context: DataContext) -> Iterable[tuple[str, str]]:
+    from lra.pathfinder import split_positions
+
+    if section is None:
+        yield "data.pathfinder", ("missing; the task needs difficulty (and, when generated, num_examples and "
+                                  "generator_seed): see experiments/configs/pathfinder.py")
+        return
+    if context.source == DataSource.GENERATED and "num_examples" in section and context.batch_size is not None:
+        start, stop = split_positions(section["num_examples"])["train"]
+        if context.batch_size > stop - start:
+            yield "train.batch_size", (f"{context.batch_size} is larger than the generated train split "
+                                       f"({stop - start} = 80% of data.pathfinder.num_examples)")
+
+
+def _pathfinder_spec(**fields: Any) -> TaskSpec:
+    from lra.pathfinder import DIFFICULTIES
+
+    resolution = int(math.isqrt(fields["seq_len"]))
+    difficulties = tuple(DIFFICULTIES) + tuple(directory for directory, _ in DIFFICULTIES.values())
+    return TaskSpec(vocab_size=256, num_classes=2, padded=False, train_size=160_000, data_section="pathfinder",
+                    loaders={"generated": _pathfinder_loader(resolution, True),
+                             "files": _pathfinder_loader(resolution, False)},
+                    reads=f"the pathfinder{resolution} layout (curv_*/imgs, curv_*/metadata)",
+                    data_ranges=PATHFINDER_RANGES, data_choices={"difficulty": difficulties},
+                    check_data=_check_pathfinder, **fields)
 
 
 # Vocabulary sizes follow LRA's own tokenisation (docs/lra_data.md section 2): ListOps uses our fixed
@@ -239,7 +343,8 @@ def _pathfinder(resolution: int) -> dict[str, Loader]:
 register_task(TaskSpec(
     name="listops", seq_len=2000, vocab_size=16, num_classes=10, train_size=96_000,
     loaders={"generated": _listops_generated, "files": _listops_files}, reads="basic_{train,val,test}.tsv",
-    download="listops", data_section="listops", description="ListOps: evaluate nested MIN/MAX/MED/SM"))
+    download="listops", data_section="listops", data_ranges=listops.GENERATOR_RANGES,
+    check_data=listops.check_generator_config, description="ListOps: evaluate nested MIN/MAX/MED/SM"))
 register_task(TaskSpec(
     name="text", seq_len=4096, vocab_size=257, num_classes=2, train_size=22_500, loaders={"files": _text_files},
     reads="the aclImdb tree or train.tsv/test.tsv", download="text",
@@ -253,68 +358,13 @@ register_task(TaskSpec(
     name="image", seq_len=1024, vocab_size=256, num_classes=10, padded=False, train_size=45_000,
     loaders={"files": _cifar_files}, reads="cifar-10-batches-py", download="image",
     description="CIFAR-10 grayscale pixels 0..255, never padded (lra.image)"))
-register_task(TaskSpec(
-    name="pathfinder", seq_len=1024, vocab_size=256, num_classes=2, padded=False, train_size=160_000,
-    loaders=_pathfinder(32), reads="the pathfinder32 layout (curv_*/imgs, curv_*/metadata)", download="pathfinder",
-    data_section="pathfinder", description="Pathfinder 32x32 pixels 0..255, never padded (lra.pathfinder)"))
-register_task(TaskSpec(
-    name="pathx", seq_len=16384, vocab_size=256, num_classes=2, padded=False, train_size=160_000,
-    loaders=_pathfinder(128), reads="the pathfinder128 layout (curv_*/imgs, curv_*/metadata)", download="pathx",
-    data_section="pathfinder", description="Path-X 128x128 pixels 0..255, never padded (lra.pathfinder)"))
+register_task(_pathfinder_spec(name="pathfinder", seq_len=1024, download="pathfinder",
+                               description="Pathfinder 32x32 pixels 0..255, never padded (lra.pathfinder)"))
+register_task(_pathfinder_spec(name="pathx", seq_len=16384, download="pathx",
+                               description="Path-X 128x128 pixels 0..255, never padded (lra.pathfinder)"))
 # Extra pixel tasks (not in LRA): 28x28 IDX images as 784 pixels 0..255, never padded (lra.image).
 for _name, _what in (("mnist", "sequential MNIST pixels"), ("pmnist", "MNIST pixels in a fixed permuted order"),
                      ("fashion_mnist", "sequential Fashion-MNIST")):
     register_task(TaskSpec(name=_name, seq_len=784, vocab_size=256, num_classes=10, padded=False,
                            loaders={"files": _idx_files}, reads="the IDX image and label files", download=_name,
                            description=f"{_what} (lra.image)"))
-
-
-@dataclasses.dataclass
-class Split:
-    """One split of a task, fully in memory.
-
-    Attributes:
-      inputs: (n, L) int32, or (n, 2, L) int32 for dual-input tasks; padded with the task's pad_id. May be
-        uint8 (ids < 256, e.g. a read-only memmap of pixels); lra.batching returns int32 batches either way.
-      labels: (n,) int32.
-      name: "train", "val" or "test".
-      num_truncated: how many examples were longer than L and were cut to L when building `inputs`.
-    """
-
-    inputs: np.ndarray
-    labels: np.ndarray
-    name: str
-    num_truncated: int = 0
-
-    def __post_init__(self) -> None:
-        # uint8 inputs are pixel ids held compactly (e.g. a memory-mapped image cache); batches come out int32.
-        if self.inputs.dtype not in (np.int32, np.uint8) or self.labels.dtype != np.int32:
-            raise ValueError(
-                f"Split {self.name!r}: inputs must be int32 or uint8 and labels int32, got {self.inputs.dtype} "
-                f"and {self.labels.dtype}"
-            )
-        if self.labels.ndim != 1 or self.inputs.ndim not in (2, 3) or len(self.inputs) != len(self.labels):
-            raise ValueError(
-                f"Split {self.name!r}: expected inputs (n, L) or (n, 2, L) and labels (n,), "
-                f"got {self.inputs.shape} and {self.labels.shape}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def majority_rate(labels_train: np.ndarray, labels_eval: np.ndarray) -> float:
-    """Accuracy on `labels_eval` of always predicting the most frequent TRAIN label.
-
-    This is the baseline a classifier must beat: predicting the train-set mode without looking at the
-    inputs. Ties between equally frequent train labels go to the smallest label. Cost O(n_train + n_eval).
-    """
-    labels_train = np.asarray(labels_train)
-    labels_eval = np.asarray(labels_eval)
-    if labels_train.size == 0 or labels_eval.size == 0:
-        raise ValueError(
-            f"majority_rate needs non-empty label arrays, got sizes {labels_train.size} and {labels_eval.size}"
-        )
-    values, counts = np.unique(labels_train, return_counts=True)
-    mode = values[np.argmax(counts)]  # np.unique sorts, argmax takes the first maximum: smallest label wins
-    return float(np.mean(labels_eval == mode))
