@@ -15,6 +15,9 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
+    # lra/pathfinder: PNG files and the Lanczos shrinking of the generator (pinned: generated pixels depend on its
+    # rounding; tests/lra/test_lra_pathfinder.py::test_generated_pixels_are_pinned).
+    "Pillow==13.0.0",
     "tqdm==4.70.1",
 ]
 

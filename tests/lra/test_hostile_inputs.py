@@ -813,7 +813,7 @@ def test_png_zlib_bomb_is_not_inflated_beyond_the_image(tmp_path):
     assert decoded is None and "bomb.png" in str(error) and "more" in str(error), error
     path = str(tmp_path / "sample_0.png")
     write_bytes(path, png(4096, 4096, idat))  # a plausible 4096x4096 header, but not the expected 32x32
-    block_result, error = outcome(pf._read_block, ([path], RES))
+    block_result, error = outcome(pf.reader._read_block, ([path], RES))
     assert block_result is None and "image is 4096x4096, expected 32x32" in str(error), error
 
 

@@ -1,9 +1,11 @@
-"""Tests for lra/pathfinder.py and lra/pathfinder_draw.py (generator, PNG codec, reader, cache), plus the
+"""Tests for the lra/pathfinder/ package (generator, drawing, PNG files, reader, cache, datasets), plus the
 uint8 path of lra.tasks.Split and lra.batching that the memmap cache relies on."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -14,9 +16,9 @@ import numpy as np
 import pytest
 
 from lra import pathfinder as pf
-from lra import pathfinder_draw as draw
 from lra.batching import BatchSchedule, eval_batches
 from lra.errors import LRADataError
+from lra.pathfinder import draw
 from lra.tasks import Split, get_task
 
 RES = 32
@@ -112,22 +114,57 @@ def test_parameters_reject_bad_values(params32):
 # ----------------------------------------------------------------------------------- drawing helpers
 
 
-def test_lanczos_matrix_matches_the_kernel_written_out():
-    for size_in, size_out in ((17, 9), (64, 32), (10, 10), (5, 12)):
-        matrix = draw.lanczos_matrix(size_in, size_out)
-        np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-12)
-        scale = size_in / size_out
-        stretch = max(scale, 1.0)
-        for i in range(size_out):
-            centre = (i + 0.5) * scale
-            weights = np.zeros(size_in)
-            for j in range(size_in):
-                x = (j + 0.5 - centre) / stretch  # distance between pixel centres, in kernel units
-                if abs(x) < 3 and abs(j + 0.5 - centre) <= 3 * stretch:
-                    weights[j] = (
-                        1.0 if x == 0 else 3 * np.sin(np.pi * x) * np.sin(np.pi * x / 3) / (np.pi * x) ** 2
+@functools.cache
+def lanczos_written_out(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) weights of one Lanczos-3 pass, PIL's convention, from the kernel formula: output pixel i
+    is centred at input coordinate (i + 0.5) * scale, the kernel is stretched by the shrink factor, rows sum to 1."""
+    scale = size_in / size_out
+    stretch = max(scale, 1.0)
+    matrix = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        centre = (i + 0.5) * scale
+        for j in range(size_in):
+            x = (j + 0.5 - centre) / stretch  # distance between pixel centres, in kernel units
+            if abs(x) < 3 and abs(j + 0.5 - centre) <= 3 * stretch:
+                matrix[i, j] = 1.0 if x == 0 else 3 * np.sin(np.pi * x) * np.sin(np.pi * x / 3) / (np.pi * x) ** 2
+        matrix[i] /= matrix[i].sum()
+    return matrix
+
+
+def resample_written_out(image255: np.ndarray, out_shape) -> np.ndarray:
+    """PIL's 8-bit Lanczos resize: horizontal pass, round and clip to 0..255, vertical pass, round and clip."""
+
+    def round_clip(values):
+        return np.clip(np.floor(values + 0.5), 0.0, 255.0)
+
+    horizontal = round_clip(image255 @ lanczos_written_out(image255.shape[1], out_shape[1]).T)
+    return round_clip(lanczos_written_out(image255.shape[0], out_shape[0]) @ horizontal)
+
+
+def test_resample_equals_the_lanczos_kernel_written_out_on_the_generators_paddles():
+    """draw.resample (Pillow) gives exactly the written-out Lanczos-3 on the fine paddles and masks the generator
+    shrinks (seed orientations in integer degrees, extension orientations from the candidate circle): the
+    generated data depend on it, so a Pillow that rounded differently would fail here."""
+    for resolution in pf.RESOLUTIONS:
+        params = pf.pathfinder_params(resolution, "hard")
+        aa, length = params.antialias_scale, params.paddle_length
+        for margin in params.paddle_margin_list:
+            _, candidates = pf.generate._circle_candidates(length + margin)
+            orientations = [np.deg2rad(d) for d in range(-180, 180, 9)]
+            orientations += [draw.flip_by_pi(float(o)) for o in candidates[::3]]
+            radius = draw.patch_radius(length, params.paddle_thickness, margin)
+            centre, shape = radius * aa, (2 * radius + 1, 2 * radius + 1)
+            for orientation in orientations:
+                head = draw.translate_coord((centre, centre), orientation, length * aa)
+                fine = draw.rasterize_segment(
+                    2 * centre + 1, (centre, centre), head, round(params.paddle_thickness * aa)
+                )
+                for image in (fine, draw.dilate_max(fine, draw.disk_offsets(margin * aa))):
+                    np.testing.assert_array_equal(
+                        draw.resample(255.0 * image, shape), resample_written_out(255.0 * image, shape)
                     )
-            np.testing.assert_allclose(matrix[i], weights / weights.sum(), atol=1e-12)
+    with pytest.raises(ValueError, match="0..255"):
+        draw.resample(np.full((4, 4), 0.5), (2, 2))
 
 
 def test_dilations_match_a_brute_force_loop():
@@ -148,7 +185,7 @@ def test_circle_candidates_equal_the_literal_pf_computation():
     """[PF] get_coords_cmf: float points on the circle, out-of-bounds dropped, truncated, de-duplicated."""
     size = 32
     for radius in (3, 7, 8):
-        offsets, orientations = pf._circle_candidates(radius)
+        offsets, orientations = pf.generate._circle_candidates(radius)
         for pivot in [(16, 16), (0, 0), (2, 30), (-3, 10), (33, 33), (31, 5)]:
             angles = np.arange(0, 360, 360.0 / (2 * radius * np.pi)) * np.pi / 180
             ys, xs = pivot[0] + radius * np.sin(angles), pivot[1] + radius * np.cos(angles)
@@ -170,16 +207,22 @@ def test_cached_first_seed_pixels_equal_the_float_dilation(params32):
         lined[:band, :] = lined[RES - band :, :] = lined[:, :band] = lined[:, RES - band :] = 1.0
         offsets = draw.seed_struct_offsets(orientation, 2, 0.5, 1, 2)
         expected = np.argwhere(np.ceil(draw.dilate_max(lined, offsets) - 0.3) == 0)
-        np.testing.assert_array_equal(pf._fresh_seed_pixels(orientation, band, params32, 1), expected)
+        np.testing.assert_array_equal(pf.generate._fresh_seed_pixels(orientation, band, params32, 1), expected)
         assert len(offsets) > 0
 
 
-def test_marker_disk_equals_a_full_window_resize():
-    for size, centre, radius, aa in ((32, (5, 20), 1.5, 2), (32, (0, 31), 1.5, 2), (64, (30, 2), 2.5, 2)):
+def test_marker_disk_is_the_written_out_lanczos_of_the_fine_disk():
+    """Up to one level: a disk is symmetric, so exact ties (k + 0.5 before rounding) are common, and float64 sums
+    round them either way; Pillow's fixed point decides them (test_generated_pixels_are_pinned pins the result)."""
+    for size, centre, radius, aa in (
+        (32, (5, 20), 1.5, 2), (32, (0, 31), 1.5, 2), (64, (30, 2), 2.5, 2), (128, (127, 60), 3.0, 2),
+    ):  # fmt: skip
         rows, cols = np.ogrid[0 : size * aa, 0 : size * aa]
         fine = ((rows - centre[0] * aa) ** 2 + (cols - centre[1] * aa) ** 2 <= (radius * aa) ** 2) * 255.0
-        expected = draw.resample(fine, (size, size)) / 255.0
-        np.testing.assert_allclose(draw.marker_disk((size, size), centre, radius, aa), expected, atol=1e-12)
+        expected = resample_written_out(fine, (size, size))
+        marker = draw.marker_disk((size, size), centre, radius, aa) * 255.0
+        np.testing.assert_allclose(marker, expected, atol=1 + 1e-9)
+        assert marker.max() == 255.0 and (marker[expected == 0] == 0).all()
 
 
 def test_paddle_patch_is_a_line_of_the_right_length_and_direction():
@@ -284,6 +327,29 @@ def test_generation_is_deterministic_and_seed_dependent(params32, debug_examples
     assert not np.array_equal(other, again)
 
 
+# sha256 (first 24 hex digits) of the images and labels of examples 0..n-1, seed 0, as generated before the
+# generator became a package and Pillow took over the resampling (lra/pathfinder/draw.py): the data a seed defines.
+PINNED_PIXELS = {
+    (32, "hard", 20): "eeabecc9ef6e8edf3a11ac80",
+    (32, "easy", 20): "07e340e908cb1f740ff6494c",
+    (64, "hard", 1): "a038a243baca68d9da944244",
+    (128, "hard", 3): "85cc8e6fef41669531356a96",
+    (256, "hard", 2): "60ae39f325a9cbb93d1afd6d",
+}
+
+
+def test_generated_pixels_are_pinned():
+    """What a seed generates is part of the data's definition (GENERATOR_VERSION): a refactor, or a Pillow whose
+    Lanczos rounds differently, must not change a pixel."""
+    for (resolution, difficulty, count), expected in PINNED_PIXELS.items():
+        params = pf.pathfinder_params(resolution, difficulty)
+        digest = hashlib.sha256()
+        for index in range(count):
+            image, label = pf.generate_example(params, pf.example_rng(params, 0, index))
+            digest.update(image.tobytes() + bytes([label]))
+        assert digest.hexdigest()[:24] == expected, (resolution, difficulty)
+
+
 # --------------------------------------------------------------------------------------------- PNG
 
 
@@ -334,8 +400,11 @@ def test_png_round_trip(tmp_path):
         path = str(tmp_path / "a.png")
         pf.write_png(path, image)
         np.testing.assert_array_equal(pf.read_png(path), image)
-        # the writer's output is a PNG any reader accepts: filter 0 rows in one zlib stream
-        assert pf.encode_png(image) == filtered_png(image, [0])
+        # an 8-bit grayscale, non-interlaced PNG (Pillow picks the row filters)
+        content = pf.encode_png(image)
+        assert content.startswith(pf.PNG_SIGNATURE + struct.pack(">I", 13))
+        assert content[12:29] == b"IHDR" + struct.pack(">IIBBBBB", shape[1], shape[0], 8, 0, 0, 0, 0)
+        assert content.endswith(b"\0\0\0\0IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
     with pytest.raises(ValueError, match="uint8"):
         pf.encode_png(np.zeros((4, 4), np.int32))
 
@@ -347,6 +416,27 @@ def test_png_reader_undoes_every_filter_type(filter_types):
     image[3:6] = 255  # runs and extremes exercise the wrap-around
     decoded = pf.decode_png(filtered_png(image, filter_types, chunk_size=17, extra_chunk=True))
     np.testing.assert_array_equal(decoded, image)
+
+
+def test_png_pixel_data_ending_early_or_late_are_refused():
+    """A complete zlib stream holding 4 of 6 rows (Pillow alone would return the last two as zeros), and one
+    holding 8 rows, are refused, naming the file."""
+    image = np.arange(30, dtype=np.uint8).reshape(6, 5)
+    header = struct.pack(">IIBBBBB", 5, 6, 8, 0, 0, 0, 0)
+
+    def with_rows(count):
+        rows = b"".join(b"\0" + np.resize(image, (count, 5))[y].tobytes() for y in range(count))
+        chunks = [(b"IHDR", header), (b"IDAT", zlib.compress(rows)), (b"IEND", b"")]
+        return pf.PNG_SIGNATURE + b"".join(
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+            for kind, body in chunks
+        )
+
+    np.testing.assert_array_equal(pf.decode_png(with_rows(6), "x.png"), image)
+    with pytest.raises(LRADataError, match=r"x\.png: truncated PNG: 24 bytes of pixel data, expected 36"):
+        pf.decode_png(with_rows(4), "x.png")
+    with pytest.raises(LRADataError, match=r"x\.png: corrupt PNG: more compressed pixel data than the 5x6 header"):
+        pf.decode_png(with_rows(8), "x.png")
 
 
 def test_png_reader_rejects_bad_files_naming_them():
@@ -516,7 +606,7 @@ def test_memmap_cache_equals_the_direct_read_and_is_reused(tmp_path, small_datas
     root, labels = small_dataset
     dataset_dir = copy_dataset(root, str(tmp_path / "data"))
     direct, _ = pf.read_pathfinder_examples(dataset_dir, RES)
-    monkeypatch.setattr(pf, "_block_rows", lambda resolution: 7)  # several blocks, decoded by 2 workers
+    monkeypatch.setattr(pf.reader, "_block_rows", lambda resolution: 7)  # several blocks, decoded by 2 workers
     splits = pf.load_pathfinder(
         str(tmp_path / "data"), RES, "hard", cache_dir=str(tmp_path / "cache"), num_workers=2
     )
@@ -533,7 +623,7 @@ def test_memmap_cache_equals_the_direct_read_and_is_reused(tmp_path, small_datas
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(pf, "build_cache", no_rebuild)
+    monkeypatch.setattr(pf.dataset, "build_cache", no_rebuild)
     again = pf.load_pathfinder(str(tmp_path / "data"), RES, "hard", cache_dir=str(tmp_path / "cache"))
     np.testing.assert_array_equal(again["val"].inputs, splits["val"].inputs)
     # Touching a metadata file invalidates the cache.
@@ -566,7 +656,7 @@ def test_ensure_generated_writes_once_and_loads(tmp_path, monkeypatch):
     with open(os.path.join(root, "params.json")) as handle:
         assert json.load(handle)["params"]["contour_length"] == 6
     assert [name for name in os.listdir(tmp_path) if name.startswith(".")] == []  # no temporary left behind
-    monkeypatch.setattr(pf, "write_pathfinder_dataset", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(pf.dataset, "write_pathfinder_dataset", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     assert pf.ensure_generated_pathfinder(str(tmp_path), 32, "easy", 10, seed=1) == root
     splits = pf.load_pathfinder(root, 32, "easy")  # cache inside the generated tree
     assert [len(splits[name]) for name in pf.SPLITS] == [8, 1, 1]
@@ -580,7 +670,7 @@ def test_example_grid_and_command_line(tmp_path, capsys, monkeypatch):
     assert pf.main(["--output_dir", str(tmp_path / "cli"), "--num_examples", "3", "--num_workers", "1"]) == 0
     assert "3 images" in capsys.readouterr().out
     assert len(pf.read_index(str(tmp_path / "cli" / "curv_contour_length_14"))[0]) == 3
-    monkeypatch.setattr(pf, "example_grid", lambda **kwargs: grid)
+    monkeypatch.setattr(pf.cli, "example_grid", lambda **kwargs: grid)
     path = str(tmp_path / "docs" / "grid.png")
     assert pf.main(["--grid", path]) == 0
     np.testing.assert_array_equal(pf.read_png(path), grid)
@@ -645,8 +735,8 @@ def record_updates(monkeypatch, module):
 def test_generation_reports_progress_on_stderr_as_parts_complete(tmp_path, small_dataset, params32, capsys,
                                                                 monkeypatch):
     root, labels = small_dataset
-    updates = record_updates(monkeypatch, pf)
-    monkeypatch.setattr(pf, "IMAGES_PER_TASK", 3)  # batches of 8 in parts of 3, 3, 2: assembled in order
+    updates = record_updates(monkeypatch, pf.dataset)
+    monkeypatch.setattr(pf.dataset, "IMAGES_PER_TASK", 3)  # batches of 8 in parts of 3, 3, 2: assembled in order
     other = str(tmp_path / "parts")
     capsys.readouterr()
     new_labels = pf.write_pathfinder_dataset(other, params32, 30, seed=9, num_workers=2, images_per_batch=8)

@@ -1,21 +1,31 @@
-"""Raster helpers of the Pathfinder generator (numpy only): paddles, dilation, Lanczos resampling, markers.
+"""Raster helpers of the Pathfinder generator: paddles, dilation, Lanczos resampling (Pillow), markers.
 
 The original generator ([PF] drewlinsley/pathfinder `snakes.py`) draws with PIL at `aa` times the final
-resolution and shrinks with `scipy.misc.imresize(..., interp='lanczos')`. Neither PIL nor old scipy is
-available here, so this module re-implements the pieces it needs:
+resolution and shrinks with `scipy.misc.imresize(..., interp='lanczos')`, i.e. PIL's Lanczos resize. Here:
 
-- `rasterize_segment`: a PIL-like line on the fine (aa) grid. Width 1 is a DDA line (one pixel per step along
-  the major axis, endpoints included, like PIL's Bresenham); a wider line is the butt-ended rectangle of that
-  width around the segment (pixel centres at signed distance in (-width/2, width/2] from the segment axis),
-  close to PIL's wide-line polygon.
-- `resample`: separable Lanczos-3 (antialiased: the kernel is stretched by the shrink factor), horizontal
-  pass first, each pass rounded and clipped to 0..255 as PIL does for 8-bit ('L') images. This is the
-  resampling imresize performed, so no box filter stands in for it.
+- `rasterize_segment`: a PIL-like line on the fine (aa) grid, in numpy. Width 1 is a DDA line (one pixel per
+  step along the major axis, endpoints included, like PIL's Bresenham); a wider line is the butt-ended
+  rectangle of that width around the segment (pixel centres at signed distance in (-width/2, width/2] from the
+  segment axis), close to PIL's wide-line polygon. Not Pillow's `ImageDraw.line`: that differs on most of the
+  generator's segments (measured with Pillow 13.0.0 over every paddle orientation the generator uses: 57 of 378
+  at resolution 32, width 1; 383 of 398, 710 of 810 and 372 of 409 at 64, 128 and 256, widths 2-4), and the
+  generated data are defined by this rasterisation.
+- `resample`: Pillow's `Image.resize(..., Image.Resampling.LANCZOS)` of an 8-bit ('L') image, the resampling
+  imresize performed: Lanczos-3, antialiased (the kernel stretched by the shrink factor), for these square
+  shrinks the horizontal pass first, each pass rounded and clipped to 0..255. It replaced a numpy version of the
+  same passes (float64 weights) because it gives the same pixels on every input the generator shrinks, measured
+  with Pillow 13.0.0: the line and mask patches of all 1,995 (orientation, margin, resolution) combinations the
+  generator draws, and the marker disk at every centre at resolutions 32, 64, 128 and 256. It is not the same
+  function on every image: Pillow's weights are 22-bit fixed point, so ties and near-ties (k + 0.5 before
+  rounding) can round the other way (one level, somewhere in ~5% of square shrinks of random 0/255 images),
+  and for non-square resizes Pillow may run the vertical pass first. test_generated_pixels_are_pinned
+  (tests/lra/test_lra_pathfinder.py) pins the generated pixels, and setup.py pins Pillow.
 - `paddle_patches`: draw_line_n_mask -- the anti-aliased paddle and its exclusion mask (the line dilated by a
   disk of radius margin*aa, then shrunk), on a square patch centred at the paddle's start.
 - `dilate_max` / `dilate_any`: grey / boolean dilation as OpenCV's `cv2.dilate` computes it (a
   correlation: out[p] = max over kernel offsets d of in[p + d]; pixels outside the image do not count).
-- `marker_disk`: draw_circle -- a disk drawn on the fine grid and shrunk, computed only near the disk.
+  Numpy: Pillow's MaxFilter has only square kernels, these are disks and paddle shapes.
+- `marker_disk`: draw_circle -- a disk drawn on the fine grid and shrunk.
 
 Coordinates are (row, col) = (y, x) as in [PF]; an orientation theta points along (sin theta, cos theta).
 """
@@ -26,8 +36,7 @@ import functools
 import math
 
 import numpy as np
-
-LANCZOS_LOBES = 3
+from PIL import Image
 
 
 def translate_coord(coord: tuple[int, int], orientation: float, distance: float) -> tuple[int, int]:
@@ -104,44 +113,17 @@ def dilate_any(occupied: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
-def _lanczos(x: np.ndarray) -> np.ndarray:
-    return np.where(np.abs(x) < LANCZOS_LOBES, np.sinc(x) * np.sinc(x / LANCZOS_LOBES), 0.0)
-
-
-@functools.lru_cache(maxsize=256)
-def lanczos_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, size_in) weights of one Lanczos-3 resampling pass, PIL's convention.
-
-    Output pixel i has its centre at input coordinate (i + 0.5) * scale, scale = size_in / size_out; when
-    shrinking, the kernel is stretched by `scale` (antialiasing), so it spans 3 * scale input pixels per side.
-    Rows sum to 1.
-    """
-    scale = size_in / size_out
-    stretch = max(scale, 1.0)
-    support = LANCZOS_LOBES * stretch
-    matrix = np.zeros((size_out, size_in))
-    for i in range(size_out):
-        centre = (i + 0.5) * scale
-        low = max(int(centre - support + 0.5), 0)
-        high = min(int(centre + support + 0.5), size_in)
-        weights = _lanczos((np.arange(low, high) - centre + 0.5) / stretch)
-        matrix[i, low:high] = weights / weights.sum()
-    matrix.setflags(write=False)
-    return matrix
-
-
-def _round_clip_255(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.floor(values + 0.5), 0.0, 255.0)
-
-
 def resample(image255: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
-    """Lanczos-3 resize of an image with values on the 0..255 scale, as PIL does it for 8-bit images.
+    """Lanczos-3 resize (Pillow, 8-bit) of an image holding integers 0..255 (any numeric dtype).
 
-    Horizontal pass, round and clip to 0..255, vertical pass, round and clip. Returns float64 (out_h, out_w)
-    holding integers 0..255. Cost O(H_in * W_in * W_out + H_in * H_out * W_out).
+    Returns float64 (out_h, out_w) holding integers 0..255 (see the module docstring for what it equals).
     """
-    horizontal = _round_clip_255(image255 @ lanczos_matrix(image255.shape[1], out_shape[1]).T)
-    return _round_clip_255(lanczos_matrix(image255.shape[0], out_shape[0]) @ horizontal)
+    pixels = np.asarray(image255)
+    if pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255 or not np.array_equal(pixels, np.round(pixels)):
+        raise ValueError("resample expects integers 0..255")
+    image = Image.fromarray(pixels.astype(np.uint8))  # (H, W) uint8: mode "L"
+    shrunk = image.resize((out_shape[1], out_shape[0]), Image.Resampling.LANCZOS)
+    return np.asarray(shrunk, dtype=np.float64)
 
 
 def rasterize_segment(size: int, start: tuple[int, int], end: tuple[int, int], width: int) -> np.ndarray:
@@ -247,28 +229,15 @@ def marker_disk(
 ) -> np.ndarray:
     """[PF] draw_circle: (H, W) float64 in [0, 1], a disk of `radius` at `centre` drawn at aa scale, shrunk.
 
-    The fine disk holds the fine pixels (i, j) with (i - cy*aa)^2 + (j - cx*aa)^2 <= (radius*aa)^2. Only the
-    rows and columns the disk and the Lanczos support reach are computed; the rest is exactly 0, as in a
-    full-image resize.
+    The fine (H*aa, W*aa) image is 255 on the fine pixels (i, j) with (i - cy*aa)^2 + (j - cx*aa)^2 <=
+    (radius*aa)^2 and 0 elsewhere, shrunk with `resample` (~0.5 ms at Path-X's 256 -> 128, two per image).
     """
     height, width = image_shape
     fine_radius = radius * aa_scale
-    out = np.zeros(image_shape)
-    bounds = []
-    for axis, size in enumerate(image_shape):
-        fine_centre = centre[axis] * aa_scale
-        low = max(int(math.floor(fine_centre - fine_radius)), 0)
-        high = min(int(math.ceil(fine_centre + fine_radius)) + 1, size * aa_scale)
-        if low >= high:
-            return out
-        bounds.append((low, high))
-    (row_low, row_high), (col_low, col_high) = bounds
-    rows = np.arange(row_low, row_high)[:, None] - centre[0] * aa_scale
-    cols = np.arange(col_low, col_high)[None, :] - centre[1] * aa_scale
-    fine = np.where(rows * rows + cols * cols <= fine_radius * fine_radius, 255.0, 0.0)
-    horizontal = _round_clip_255(fine @ lanczos_matrix(width * aa_scale, width)[:, col_low:col_high].T)
-    vertical = _round_clip_255(lanczos_matrix(height * aa_scale, height)[:, row_low:row_high] @ horizontal)
-    return vertical / 255.0
+    rows = np.arange(height * aa_scale)[:, None] - centre[0] * aa_scale
+    cols = np.arange(width * aa_scale)[None, :] - centre[1] * aa_scale
+    fine = np.where(rows * rows + cols * cols <= fine_radius * fine_radius, 255, 0).astype(np.uint8)
+    return resample(fine, image_shape) / 255.0
 
 
 def bytescale(image: np.ndarray) -> np.ndarray:
