@@ -51,7 +51,7 @@ from experiments.validation import validate_config
 from lra.batching import BatchSchedule, eval_batches
 from models import param_groups
 from models.registry import resolve_mixer
-from models.encoder import DTYPES, Classifier, DualClassifier, SequenceEncoder
+from models.encoder import DTYPES, Classifier, DualClassifier, PerPositionClassifier, SequenceEncoder
 
 State = dict[str, Any]
 Prepare = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
@@ -151,9 +151,9 @@ def build_model(config: ml_collections.ConfigDict, spec: lra.TaskSpec) -> nn.Mod
         n_layers=model_cfg.n_layers, mixer=model_cfg.mixer,
         mixer_options=mixer_options, bidirectional=bidirectional, norm=model_cfg.norm,
         residual=model_cfg.residual, dropout=model_cfg.dropout, pooling=model_cfg.pooling, dtype=jnp.dtype(dtype))
-    if spec.dual_input:
-        return DualClassifier(encoder=encoder, num_classes=spec.num_classes)
-    return Classifier(encoder=encoder, num_classes=spec.num_classes)
+    heads = {lra.HeadKind.POOLED: Classifier, lra.HeadKind.DUAL: DualClassifier,
+             lra.HeadKind.PER_POSITION: PerPositionClassifier}
+    return heads[spec.head](encoder=encoder, num_classes=spec.num_classes)
 
 
 def model_inputs(inputs: jax.Array, spec: lra.TaskSpec, input_encoding: str) -> tuple[jax.Array, jax.Array]:
@@ -212,6 +212,24 @@ def sown_metrics(collection: Any) -> dict[str, jax.Array]:
             for path, value in flat}
 
 
+def _mean_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy over the batch's targets: one per example (labels (B,)), or one per position with a
+    target (labels (B, L), where a label < 0 marks a position without one)."""
+    if labels.ndim == 1:
+        return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+    valid = (labels >= 0).astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.maximum(labels, 0))
+    return (loss * valid).sum() / jnp.maximum(valid.sum(), 1.0)
+
+
+def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Share of the batch's targets predicted right (see _mean_loss for the two label layouts)."""
+    if labels.ndim == 1:
+        return (logits.argmax(-1) == labels).mean()
+    valid = (labels >= 0).astype(jnp.float32)
+    return ((logits.argmax(-1) == labels) * valid).sum() / jnp.maximum(valid.sum(), 1.0)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: int, prepare: Prepare
                     ) -> Callable[[State, dict], tuple[State, dict]]:
     """The (unjitted) train step: loss, gradients, the optimiser update, non-finite checks (see the comment inside)
@@ -227,7 +245,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: in
             variables = _variables({**state, "params": params})
             logits, updates = model.apply(variables, inputs, mask, train=True, rngs={"dropout": dropout_key},
                                           mutable=[*MUTABLE, AUX_LOSSES, AUX_METRICS])
-            task_loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+            task_loss = _mean_loss(logits, labels)
             # Mixers add terms to the objective by sowing them into the "losses" collection (e.g. VQ commitment
             # and codebook surrogate losses); each sown value is summed in as it is.
             aux_loss = sum((jnp.sum(x) for x in jax.tree.leaves(updates.get(AUX_LOSSES, {}))), jnp.zeros(()))
@@ -262,7 +280,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, seed: in
             "skipped": 1.0 - finite.astype(jnp.float32),
             "loss": task_loss,
             "total_loss": loss,
-            "accuracy": (logits.argmax(-1) == labels).mean(),
+            "accuracy": _accuracy(logits, labels),
             "grad_norm": optax.tree.norm(grads),
             **sown_metrics(updates.get(AUX_METRICS, {})),
         }
@@ -296,6 +314,9 @@ def make_eval_step(model: nn.Module, prepare: Prepare) -> Callable[[State, dict]
         inputs, mask = prepare(batch["inputs"])
         labels, weights = batch["labels"], batch["weights"]
         logits = model.apply(_variables(state), inputs, mask, train=False)
+        if labels.ndim == 2:  # per position: positions without a target (label < 0) weigh nothing
+            weights = weights[:, None] * (labels >= 0)
+            labels = jnp.maximum(labels, 0)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
         return {
             "correct": ((logits.argmax(-1) == labels) * weights).sum(),

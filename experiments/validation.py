@@ -586,6 +586,16 @@ def _check_model(c: _Checker, spec: lra.TaskSpec | None) -> None:
     if c.get("model.bidirectional") is False and not contract.causal:
         c.fail("model.bidirectional", f"mixer {mixer!r} has no causal form: set it to True or leave it unset "
                                       "(None)")
+    if spec is not None and spec.causal:  # targets predicted from the past: nothing may see the future
+        if not contract.causal:
+            c.fail("model.mixer", f"task {spec.name!r} predicts each position from the past, and mixer {mixer!r} has "
+                                  "no causal form")
+        elif c.get("model.bidirectional") is True:
+            c.fail("model.bidirectional", f"task {spec.name!r} predicts each position from the past: set it to "
+                                          "False or leave it unset (None)")
+        if c.usable("model.norm") and c.get("model.norm") == "batch":
+            c.fail("model.norm", f"task {spec.name!r} predicts each position from the past, and BatchNorm's "
+                                 "training statistics span the whole sequence (the future too): use 'layer'")
     if not c.has_problem(f"model.{mixer}"):
         _check_mixer_values(c, contract, spec)
 

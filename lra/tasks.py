@@ -81,6 +81,8 @@ class TaskSpec:
       vocab_size: number of input ids including the padding id (ids are 0..vocab_size-1).
       num_classes: number of output classes.
       head: HeadKind (default pooled; dual when `dual_input`).
+      causal: a per-position task whose targets must be predicted from the past (language modelling, recall):
+        validation then refuses mixers without a causal form, bidirectional=True and BatchNorm.
       dual_input: True when each example holds two sequences (retrieval); the same as head == DUAL.
       pad_id: id used for padding.
       padded: whether sequences can be padded (the input kind: tokens). False for pixel tasks, whose every
@@ -103,6 +105,7 @@ class TaskSpec:
     num_classes: int
     head: HeadKind | None = None
     dual_input: bool = False
+    causal: bool = False
     pad_id: int = 0
     description: str = ""
     padded: bool = True
@@ -199,7 +202,7 @@ class Split:
     Attributes:
       inputs: (n, L) int32, or (n, 2, L) int32 for dual-input tasks; padded with the task's pad_id. May be
         uint8 (ids < 256, e.g. a read-only memmap of pixels); lra.batching returns int32 batches either way.
-      labels: (n,) int32.
+      labels: (n,) int32, or (n, L) int32 for per-position tasks (-1 where a position has no target).
       name: "train", "val" or "test".
       num_truncated: how many examples were longer than L and were cut to L when building `inputs`.
     """
@@ -216,10 +219,13 @@ class Split:
                 f"Split {self.name!r}: inputs must be int32 or uint8 and labels int32, got {self.inputs.dtype} "
                 f"and {self.labels.dtype}"
             )
-        if self.labels.ndim != 1 or self.inputs.ndim not in (2, 3) or len(self.inputs) != len(self.labels):
+        per_position = self.labels.ndim == 2 and self.inputs.ndim == 2 and self.labels.shape == self.inputs.shape
+        if not (self.labels.ndim == 1 or per_position) or self.inputs.ndim not in (2, 3) \
+                or len(self.inputs) != len(self.labels):
             raise ValueError(
-                f"Split {self.name!r}: expected inputs (n, L) or (n, 2, L) and labels (n,), "
-                f"got {self.inputs.shape} and {self.labels.shape}"
+                f"Split {self.name!r}: expected inputs (n, L) or (n, 2, L) and labels (n,), or inputs and labels "
+                f"(n, L) (a target per position, -1 where there is none), got {self.inputs.shape} and "
+                f"{self.labels.shape}"
             )
 
     def __len__(self) -> int:
@@ -238,6 +244,9 @@ def majority_rate(labels_train: np.ndarray, labels_eval: np.ndarray) -> float:
         raise ValueError(
             f"majority_rate needs non-empty label arrays, got sizes {labels_train.size} and {labels_eval.size}"
         )
+    labels_train, labels_eval = labels_train[labels_train >= 0], labels_eval[labels_eval >= 0]  # -1: no target
+    if labels_train.size == 0 or labels_eval.size == 0:
+        raise ValueError("majority_rate needs at least one target (label >= 0) in each array")
     values, counts = np.unique(labels_train, return_counts=True)
     mode = values[np.argmax(counts)]  # np.unique sorts, argmax takes the first maximum: smallest label wins
     return float(np.mean(labels_eval == mode))

@@ -126,7 +126,9 @@ class SequenceEncoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, inputs: jax.Array, mask: jax.Array, *, train: bool = False, pool: bool = True) -> jax.Array:
+        """(B, L) tokens (or (B, L, F) values) and their (B, L) mask -> (B, D) pooled float32 features, or the
+        (B, L, D) float32 features of every position when pool is False (per-position heads)."""
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
         if self.residual not in RESIDUALS:
@@ -146,7 +148,7 @@ class SequenceEncoder(nn.Module):
         x = _at_least_float32(x)  # final norm and pooling (a sum over L) in float32
         if self.residual == "prenorm":
             x = nn.LayerNorm(name="final_norm")(x)
-        return masked_pool(x, mask, self.pooling)
+        return masked_pool(x, mask, self.pooling) if pool else x
 
 
 class Classifier(nn.Module):
@@ -163,6 +165,21 @@ class Classifier(nn.Module):
     def __call__(self, inputs: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
         pooled = self.encoder(inputs, mask, train=train)
         return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(pooled)
+
+
+class PerPositionClassifier(nn.Module):
+    """SequenceEncoder without pooling, then a linear head at every position: (B, L) tokens -> (B, L, num_classes)
+    logits (float32), for tasks with a target per position (language modelling, recall diagnostics). Whether a
+    position sees the future is the encoder's direction: per-position tasks that predict from the past build
+    causal mixers with LayerNorm (experiments/validation.py refuses BatchNorm, whose statistics span the future)."""
+
+    encoder: SequenceEncoder
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
+        features = self.encoder(inputs, mask, train=train, pool=False)
+        return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(features)
 
 
 class DualClassifier(nn.Module):
