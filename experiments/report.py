@@ -563,7 +563,7 @@ def report(workdirs: Sequence[str] = (), root: str = "", out: str = "", plot: st
 
 def define_flags() -> None:
     """Command-line flags, defined only when this module runs as the program, so that importing it (tests,
-    notebooks, other entry points such as experiments/bench.py, which also has --out) defines none."""
+    notebooks, other entry points such as python -m experiments.bench, which also has --out) defines none."""
     flags.DEFINE_list("workdirs", [], "Comma-separated workdirs of experiments/train.py.")
     flags.DEFINE_string("root", "", "Directory searched (recursively) for workdirs.")
     flags.DEFINE_string("out", "", "Also write the markdown table to this file (parent directories are created).")
