@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 
 from lra import cache
-from lra.download import download_hint
 from lra.errors import LRADataError, located
 from lra.files import bounded_lines, open_regular
 from lra.progress import progress_bar
@@ -275,6 +274,12 @@ GENERATOR_RANGES = {
     "min_length": (0, 2**20), "max_length": (1, 2**20), "max_depth": (1, 100), "max_args": (2, 100),
     "generator_seed": (0, 2**32 - 1),
 }
+
+
+def _download_hint(data_dir: str) -> str:
+    from lra.download import download_hint  # lazily: lra.download imports the task registry, which imports this
+
+    return download_hint("listops", data_dir)
 
 
 def check_generator_config(section: Any, context: Any) -> Iterator[tuple[str, str]]:
@@ -586,7 +591,7 @@ def load_listops(
     if missing:
         raise LRADataError(
             f"ListOps files not found: {missing}; expected {task}_{{train,val,test}}.tsv in {data_dir}; "
-            + download_hint("listops", data_dir)
+            + _download_hint(data_dir)
         )
     cache_path = os.path.join(data_dir, f"{task}_tokens.cache.npz")
     key = cache.cache_key("listops", TOKENIZER_VERSION, cache.file_stamps(paths, what="the ListOps TSV file"))

@@ -1,4 +1,5 @@
-"""Ranges of numeric settings, and the mixer options every mixer reads the same way (stdlib only: no JAX).
+"""Ranges of numeric settings, the mixer options every mixer reads the same way, and `did_you_mean` (stdlib
+only: no JAX).
 
 `Range` says where a number must lie and writes the one-line message when it does not. The mixers' contracts
 (models/registry.py `MixerContract.ranges`) are built from `OPTION_RANGES`, whose entries hold across mixers (an
@@ -10,7 +11,9 @@ config validation (before JAX is imported) can use it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+from collections.abc import Iterable
 from typing import Any
 
 # Upper bounds. Each lies far above every published setting (widths <= 512, 8 layers, batches <= 512, 500,000
@@ -31,6 +34,47 @@ MAX_CHECKPOINTS = 1_000
 LENGTH_OPTIONS = ("l_max", "trunc_len", "max_decode_len")
 # Mixer fields that the encoder sets from config.model itself: a mixer section must not set them.
 RESERVED_OPTIONS = {"d_model": "model.d_model", "bidirectional": "model.bidirectional", "dtype": "model.dtype"}
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """' (did you mean "d_model"?)' naming the candidates closest to `name`, or "" when none is close.
+
+    Names are compared with difflib, case-insensitively: those with a similarity ratio >= 0.6 and within 0.1 of
+    the best one are named (at most three, best first), so "batchsize" suggests "batch_size", not also
+    "eval_batch_size". Dotted keys are compared by their last component: first among the candidates with the same
+    parent ("model.d_modl" suggests "model.d_model", or "d_model" when the candidates are plain names), then among
+    all candidates (a key in the wrong section: "train.lr" suggests "optim.lr"), then as whole names. A name that
+    is itself a candidate gets "". Needs no JAX: experiments/train.py calls it for flag typos before JAX is
+    imported.
+    """
+    name = str(name)
+    pool = list(dict.fromkeys(str(c) for c in candidates))
+    if not name or name in pool:
+        return ""
+    parent, _, leaf = name.rpartition(".")
+    matches: list[str] = []
+    dotted = any("." in c for c in pool)  # plain candidates are all "same parent"
+    for group in ([c for c in pool if c.rpartition(".")[0] == parent] if dotted else pool, pool):
+        by_leaf: dict[str, list[str]] = {}
+        for candidate in group:
+            by_leaf.setdefault(candidate.rpartition(".")[2], []).append(candidate)
+        matches = [c for found in _close_names(leaf, list(by_leaf)) for c in by_leaf[found]][:3]
+        if matches:
+            break
+    matches = matches or _close_names(name, pool)
+    if not matches:
+        return ""
+    quoted = [f'"{m}"' for m in matches]
+    return f" (did you mean {', '.join(quoted[:-1]) + ' or ' if len(quoted) > 1 else ''}{quoted[-1]}?)"
+
+
+def _close_names(name: str, pool: list[str]) -> list[str]:
+    """Up to three names of `pool` similar to `name` (difflib ratio >= 0.6, case-insensitive) and within 0.1 of
+    the best, best first."""
+    scored = sorted(((difflib.SequenceMatcher(None, name.lower(), c.lower()).ratio(), c) for c in pool),
+                    key=lambda pair: -pair[0])
+    scored = [(ratio, c) for ratio, c in scored if ratio >= 0.6]
+    return [c for ratio, c in scored if ratio >= scored[0][0] - 0.1][:3]
 
 
 def _bound_text(value: float, integer: bool) -> str:

@@ -18,7 +18,6 @@ configs and the benchmarks never name a mixer.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import importlib
 import typing
@@ -27,7 +26,7 @@ from typing import Any, ClassVar
 
 import flax.linen as nn
 
-from models.options import LENGTH_OPTIONS, OPTION_RANGES, RESERVED_OPTIONS, Range
+from models.options import LENGTH_OPTIONS, OPTION_RANGES, RESERVED_OPTIONS, Range, did_you_mean
 
 _CONTRACTS: dict[str, MixerContract] = {}
 
@@ -87,25 +86,6 @@ class _Required:
 
 
 REQUIRED = _Required()
-
-
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """' (did you mean "x"?)' naming the candidates closest to `name`, or "": difflib ratio >= 0.6 and within
-    0.1 of the best (at most three, best first), case-insensitive.
-
-    The same rule as experiments.validation.did_you_mean (which also matches dotted keys by their last
-    component), repeated so that models/ never imports experiments/ (and validation's first stage no JAX).
-    """
-    candidates = [str(c) for c in candidates]
-    if name in candidates:
-        return ""
-    scored = sorted(((difflib.SequenceMatcher(None, str(name).lower(), c.lower()).ratio(), c) for c in candidates),
-                    key=lambda pair: -pair[0])
-    matches = [c for ratio, c in scored if ratio >= max(0.6, scored[0][0] - 0.1)][:3] if scored else []
-    if not matches:
-        return ""
-    quoted = [f'"{m}"' for m in matches]
-    return f" (did you mean {', '.join(quoted[:-1]) + ' or ' if len(quoted) > 1 else ''}{quoted[-1]}?)"
 
 
 # ------------------------------------------------------------------------------------------------ contracts

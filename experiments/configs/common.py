@@ -22,7 +22,7 @@ def apply_anchor(c: ml_collections.ConfigDict, task: str, mixer: str) -> None:
     """Sets the published accelerator settings of `mixer` on `task`: the Recipe its contract carries
     (models/registry.py; the numbers and their sources are in the mixer's module and docs/anchors.md sections 3
     and 4). A mixer without a recipe for the task has no accelerator variant: ValueError."""
-    recipe = mixer_contract(mixer).recipes.get(task)
+    recipe = mixer_contract(mixer).recipes.get(task) if mixer in mixer_names() else None
     if recipe is None:
         raise ValueError(f"mixer {mixer!r} has no published settings for task {task!r} here (variant {mixer!r}); use "
                          f"the '{mixer}-cpu' variant, or add a Recipe for {task!r} to the mixer's registration")

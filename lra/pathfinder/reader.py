@@ -27,7 +27,6 @@ import warnings
 
 import numpy as np
 
-from lra.download import download_hint
 from lra.errors import LRADataError, located
 from lra.files import read_bounded
 from lra.listops import _default_num_workers, _worker_context
@@ -193,6 +192,8 @@ def find_dataset_dir(data_dir: str, resolution: int, difficulty: str) -> str:
         if os.path.isdir(candidate):
             return candidate
     task = {32: "pathfinder", 128: "pathx"}.get(resolution)
+    from lra.download import download_hint  # lazily: lra.download imports the task registry, which imports this
+
     hint = f"; {download_hint(task, data_dir)}" if task else ""
     raise LRADataError(
         f"Pathfinder data not found: neither {os.path.join(data_dir, directory)} nor "
