@@ -11,6 +11,8 @@ from typing import Any
 
 # Importing one of these modules registers its mixers.
 MIXER_MODULES = ("models.attention", "models.lru", "models.rtf", "models.ssm", "models.vq")
+# The dense-attention reference that benchmarks report every mixer against (speed and memory ratios).
+BASELINE_MIXER = "softmax"
 
 _REGISTRY_NAMES = (
     "MixerContract",
