@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -135,6 +136,11 @@ class SequenceEncoder(nn.Module):
             raise ValueError(f"unknown residual {self.residual!r}; expected one of {RESIDUALS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
+        # The boundary of every model: token ids (B, L) (values (B, L, F) without a vocabulary) and a bool mask.
+        chex.assert_rank(inputs, 2 if self.vocab_size is not None else 3)
+        chex.assert_rank(mask, 2)
+        chex.assert_type(mask, bool)
+        chex.assert_equal_shape_prefix((inputs, mask), 2)
         if self.vocab_size is None:
             x = nn.Dense(self.d_model, dtype=self.dtype, name="input_projection")(inputs)
         else:
@@ -164,7 +170,9 @@ class Classifier(nn.Module):
     @nn.compact
     def __call__(self, inputs: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
         pooled = self.encoder(inputs, mask, train=train)
-        return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(pooled)
+        logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(pooled)
+        chex.assert_shape(logits, (inputs.shape[0], self.num_classes))
+        return logits
 
 
 class PerPositionClassifier(nn.Module):
@@ -179,7 +187,9 @@ class PerPositionClassifier(nn.Module):
     @nn.compact
     def __call__(self, inputs: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
         features = self.encoder(inputs, mask, train=train, pool=False)
-        return nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(features)
+        logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(features)
+        chex.assert_shape(logits, (*inputs.shape[:2], self.num_classes))
+        return logits
 
 
 class DualClassifier(nn.Module):

@@ -109,3 +109,15 @@ def test_group_labels_read_the_boxes_and_default_by_rank():
     assert labels["block_0"]["glu_value"]["bias"] == param_groups.NO_DECAY
     unboxed = param_groups.unbox(params)
     assert jax.tree.structure(unboxed) == jax.tree.structure(labels)
+
+
+def test_the_encoder_boundary_refuses_wrong_shapes_and_mask_types():
+    encoder = SequenceEncoder(vocab_size=10, d_model=8, n_layers=1, mixer="lru", mixer_options={"d_state": 4})
+    tokens = jnp.ones((2, 6), jnp.int32)
+    encoder.init(jax.random.key(0), tokens, tokens > 0)  # the good case
+    with pytest.raises(AssertionError, match="rank"):
+        encoder.init(jax.random.key(0), tokens[0], tokens[0] > 0)  # no batch axis
+    with pytest.raises(AssertionError):
+        encoder.init(jax.random.key(0), tokens, jnp.ones((2, 6), jnp.float32))  # a float mask
+    with pytest.raises(AssertionError):
+        encoder.init(jax.random.key(0), tokens, jnp.ones((2, 5), bool))  # a mask of another length
