@@ -14,7 +14,6 @@ import pytest
 
 import lra
 import models
-from experiments import data as data_lib
 from experiments import trainer, validation
 from experiments.configs import image as image_config
 from experiments.configs import listops as listops_config

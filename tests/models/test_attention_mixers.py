@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from models import attention as mixers  # registers the attention mixers
+from models import linear_attention as linear_mixers
 from models import param_groups
 from models.registry import UnknownMixerError, make_mixer, mixer_names
 
@@ -146,23 +147,23 @@ def test_performer_projection_is_a_redrawable_constant():
     x = _inputs().astype(jnp.float32)
     variables = jax.jit(mixer.init)(jax.random.PRNGKey(0), x)
     assert "favor_projection" not in flax.traverse_util.flatten_dict(variables["params"], sep="/")
-    projection = variables[mixers.PERFORMER_COLLECTION][mixers.PERFORMER_PROJECTION]
+    projection = variables[linear_mixers.PERFORMER_COLLECTION][linear_mixers.PERFORMER_PROJECTION]
     assert projection.shape == (8, D // 2)
     with pytest.raises(ValueError, match="random projection is missing"):
         mixer.apply({"params": variables["params"]}, x)
     redraw_one = jax.jit(
         lambda key: mixer.apply(
-            variables, key, method="redraw_features", mutable=[mixers.PERFORMER_COLLECTION]
+            variables, key, method="redraw_features", mutable=[linear_mixers.PERFORMER_COLLECTION]
         )[1]
     )
     redrawn = redraw_one(jax.random.PRNGKey(5))
-    new_projection = redrawn[mixers.PERFORMER_COLLECTION][mixers.PERFORMER_PROJECTION]
+    new_projection = redrawn[linear_mixers.PERFORMER_COLLECTION][linear_mixers.PERFORMER_PROJECTION]
     assert not np.allclose(new_projection, projection)
-    redraw_all = jax.jit(mixers.redraw_performer_features)
-    tree = redraw_all(variables[mixers.PERFORMER_COLLECTION], jax.random.PRNGKey(5))
-    again = redraw_all(variables[mixers.PERFORMER_COLLECTION], jax.random.PRNGKey(5))
-    np.testing.assert_array_equal(tree[mixers.PERFORMER_PROJECTION], again[mixers.PERFORMER_PROJECTION])
-    assert not np.allclose(tree[mixers.PERFORMER_PROJECTION], projection)
+    redraw_all = jax.jit(linear_mixers.redraw_performer_features)
+    tree = redraw_all(variables[linear_mixers.PERFORMER_COLLECTION], jax.random.PRNGKey(5))
+    again = redraw_all(variables[linear_mixers.PERFORMER_COLLECTION], jax.random.PRNGKey(5))
+    np.testing.assert_array_equal(tree[linear_mixers.PERFORMER_PROJECTION], again[linear_mixers.PERFORMER_PROJECTION])
+    assert not np.allclose(tree[linear_mixers.PERFORMER_PROJECTION], projection)
     y = jax.jit(mixer.apply)({**variables, **redrawn}, x)
     assert y.shape == x.shape and np.all(np.isfinite(y))
 
@@ -175,7 +176,7 @@ def test_float64_performer_draws_float64_features_and_matches_a_float64_estimato
     mixer = make_mixer("performer", d_model=D, num_heads=2, num_features=12, bidirectional=bidirectional, **F64)
     x = _inputs()
     y, variables = jax.jit(mixer.init_with_output)(jax.random.PRNGKey(3), x)
-    w = np.asarray(variables[mixers.PERFORMER_COLLECTION][mixers.PERFORMER_PROJECTION])
+    w = np.asarray(variables[linear_mixers.PERFORMER_COLLECTION][linear_mixers.PERFORMER_PROJECTION])
     assert w.dtype == np.float64 and y.dtype == jnp.float64
     head = D // 2
     unit = w / np.linalg.norm(w, axis=1, keepdims=True)
