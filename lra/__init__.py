@@ -2,7 +2,7 @@
 the Pathfinder images).
 
 Task specs and the Split container: lra/tasks.py. Readers and generators, one module per task family:
-listops.py (generator + official TSV), text.py (IMDB), retrieval.py (AAN), image.py (CIFAR-10, IDX),
+listops/ (generator + official TSV, a package), text.py (IMDB), retrieval.py (AAN), image.py (CIFAR-10, IDX),
 pathfinder/ (generator + official layout, a package). bytes.py is the byte tokeniser; batching.py the batch order;
 files.py opens data files (regular files only, size-bounded, never blocking).
 """

@@ -1,4 +1,4 @@
-"""Tests for lra/listops.py: trees, values, generation, the TSV format, the tokeniser, loading and caching."""
+"""Tests for lra/listops/: trees, values, generation, the TSV format, the tokeniser, loading and caching."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import pytest
 
 from lra import listops
 from lra.errors import LRADataError
+
+# Monkeypatches target the module that looks the name up: ensure_generated calls generate_listops in dataset.py,
+# generate_listops calls progress_bar in generate.py.
+from lra.listops import dataset as listops_dataset
+from lra.listops import generate as listops_generate
 from lra.tasks import get_task
 
 
@@ -426,7 +431,7 @@ def test_ensure_generated_writes_once_and_reuses(tmp_path, monkeypatch):
     def fail(**kwargs):
         raise AssertionError("regenerated a dataset that already exists")
 
-    monkeypatch.setattr(listops, "generate_listops", fail)
+    monkeypatch.setattr(listops_dataset, "generate_listops", fail)
     assert listops.ensure_generated(root, num_workers=2, **GENERATION) == directory  # workers not in the key
     with pytest.raises(AssertionError, match="regenerated"):
         listops.ensure_generated(root, **{**GENERATION, "seed": 4})
@@ -440,13 +445,13 @@ def test_ensure_generated_survives_losing_the_rename_race(tmp_path, monkeypatch)
     def generate_while_another_process_finishes(**kwargs):
         # Simulate a concurrent caller completing the same dataset while this one generates.
         with monkeypatch.context() as patch:
-            patch.setattr(listops, "generate_listops", real_generate)
+            patch.setattr(listops_dataset, "generate_listops", real_generate)
             winner["dir"] = listops.ensure_generated(root, **GENERATION)
         with open(os.path.join(winner["dir"], "marker"), "w") as handle:
             handle.write("winner")
         return real_generate(**kwargs)
 
-    monkeypatch.setattr(listops, "generate_listops", generate_while_another_process_finishes)
+    monkeypatch.setattr(listops_dataset, "generate_listops", generate_while_another_process_finishes)
     directory = listops.ensure_generated(root, num_workers=1, **GENERATION)
     assert directory == winner["dir"]
     assert os.path.isfile(os.path.join(directory, "marker"))  # the winner's copy was kept
@@ -484,7 +489,7 @@ def test_official_size_generation(tmp_path):
 
 def test_generation_reports_progress_on_stderr_with_the_total(tmp_path, capsys, monkeypatch):
     updates: list[int] = []
-    real = listops.progress_bar
+    real = listops_generate.progress_bar
 
     def recording(*args, **kwargs):
         bar = real(*args, **kwargs)
@@ -492,7 +497,7 @@ def test_generation_reports_progress_on_stderr_with_the_total(tmp_path, capsys, 
         bar.update = lambda n=1: (updates.append(n), update(n))[1]
         return bar
 
-    monkeypatch.setattr(listops, "progress_bar", recording)
+    monkeypatch.setattr(listops_generate, "progress_bar", recording)
     capsys.readouterr()
     sizes = {"num_train": 600, "num_val": 50, "num_test": 50}
     splits = generate(num_workers=2, **sizes)
