@@ -12,10 +12,12 @@ Suites (`--suites`, comma separated):
            time-invariant (N,) or time-varying (B, L, N); b is (B, L, N) complex64.
   mixers   one training step of the trainer (experiments.trainer.make_train_step: forward + backward +
            optimiser update + non-finite checks) of the same small encoder (build_model, create_state) for every
-           registered mixer as L grows, against dense softmax attention ("softmax"): the LRA speed table on this
-           hardware.
+           registered mixer as L grows, against dense softmax attention (models.BASELINE_MIXER): the LRA speed
+           table on this hardware.
   decode   one decoding step (mixer.step) at context lengths L for every causal mixer with init_state / step,
-           against softmax attention with a key-value cache of L entries.
+           against softmax attention with a key-value cache of L entries. Mixers are read only through their
+           registry contracts (models.registry.resolve_mixer / mixer_contract): the options the configs start
+           from, the causal form, the recurrent step.
 
 Method. Every case is jitted and compiled first; its memory is XLA's compiled memory analysis (arguments,
 outputs, donated aliases and temp_size_in_bytes, the scratch buffers beyond arguments and outputs;
@@ -42,9 +44,9 @@ it did run, and "lengths" says which (SUMMARY_LENGTHS_NOTE).
 Plots: one PNG per suite next to --out (matplotlib, drawn on an Agg canvas: no display needed).
 
 Modules: core (Settings, Case, compile_case, time_interleaved, the memory guard), scan, mixers (also the mixer
-options of both mixer suites: mixer_options_for), decode, summary (summarize, write_plots), runner (environment,
-run) and __main__ (the flags). Everything public is re-exported here: `from experiments import bench;
-bench.run(bench.Settings(...))`.
+options of both mixer suites, from the registry's contracts: resolve_for_bench, mixer_options_for), decode,
+summary (summarize, write_plots), runner (environment, run) and __main__ (the flags). Everything public is
+re-exported here: `from experiments import bench; bench.run(bench.Settings(...))`.
 """
 
 from __future__ import annotations
@@ -71,11 +73,11 @@ from experiments.bench.core import _jsonable as _jsonable  # package-internal he
 from experiments.bench.core import _new_row as _new_row
 from experiments.bench.decode import decode_suite
 from experiments.bench.mixers import (
-    LENGTH_OPTIONS,
     import_model_modules,
     mixer_options_for,
     mixers_suite,
     parse_mixer_overrides,
+    resolve_for_bench,
     trainer_config,
 )
 from experiments.bench.runner import environment, run
@@ -94,7 +96,6 @@ __all__ = [
     "A_KINDS",
     "DEFAULT_MAX_MEMORY_GB",
     "GIB",
-    "LENGTH_OPTIONS",
     "NUMPY_COPY",
     "QUICK",
     "SCAN_BASELINES",
@@ -118,6 +119,7 @@ __all__ = [
     "mixer_options_for",
     "mixers_suite",
     "parse_mixer_overrides",
+    "resolve_for_bench",
     "run",
     "scan_suite",
     "summarize",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -27,17 +27,19 @@ from experiments.bench.core import (
     memory_budget_bytes,
     time_interleaved,
 )
-from experiments.bench.mixers import _selected_mixers, mixer_options_for
+from experiments.bench.mixers import _selected_mixers, resolve_for_bench
+
+if TYPE_CHECKING:
+    from models.registry import MixerContract
 
 
-def _has_decoding(cls: type) -> tuple[bool, str | None]:
-    """(True, None) when the mixer class can decode (a causal form with init_state / step), else (False, why)."""
-    from models.registry import SequenceMixer
-
-    if not getattr(cls, "has_causal_form", True):
-        return False, "no causal form (has_causal_form = False)"
-    if cls.init_state is SequenceMixer.init_state or cls.step is SequenceMixer.step:
-        return False, "does not implement init_state / step"
+def _has_decoding(contract: MixerContract) -> tuple[bool, str | None]:
+    """(True, None) when the mixer's contract says it can decode (a causal form with a recurrent step:
+    init_state / step), else (False, why)."""
+    if not contract.causal:
+        return False, "no causal form (its contract has causal = False)"
+    if not contract.step:
+        return False, "does not implement init_state / step (its contract has step = False)"
     return True, None
 
 
@@ -55,16 +57,17 @@ def _decode_case(
     Parameters do not depend on max_decode_len, so they are initialised once per mixer and set of other
     options and kept in `variables_cache` (each initialisation compiles the mixer's parallel form).
     """
-    from models import make_mixer, mixer_options, param_groups
+    from models import param_groups
 
     # The model's own length options (S4's l_max, RTF's trunc_len) stay at --decode_model_length, the length
     # it would have been trained at: only the key-value cache follows the context.
-    options = mixer_options_for(name, settings.decode_model_length, cache_length=context,
-                                overrides=settings.mixer_overrides)
+    resolved = resolve_for_bench(name, settings.decode_model_length, cache_length=context,
+                                 overrides=settings.mixer_overrides)
+    options = resolved.as_dict()
     row["options"] = _jsonable(options)
-    mixer = make_mixer(name, d_model=settings.d_model, bidirectional=False, **options)
+    mixer = resolved.build(settings.d_model, bidirectional=False)
     batch = settings.decode_batch
-    kv_cache = "max_decode_len" in mixer_options(name)
+    kv_cache = "max_decode_len" in resolved.contract.defaults()
     row["state_kind"] = "key_value_cache" if kv_cache else "constant_size"
     rng = np.random.default_rng(settings.seed)
     x_init = jnp.asarray(rng.standard_normal((batch, min(context, 128), settings.d_model), np.float32))
@@ -115,13 +118,11 @@ def decode_suite(settings: Settings, checkpoint: Callable[[], None], results: di
     """Runs the decode suite into `results` ("causal_mixers", "rows"): one decoding step per selected mixer and
     context, constant-size states and key-value caches timed in separate groups; `checkpoint()` after every
     context. Mixers that cannot decode get "not_applicable" rows."""
-    from models import mixer_class
+    from models.registry import mixer_contract
 
     names = _selected_mixers(settings)
     rows: list[dict[str, Any]] = results.setdefault("rows", [])
-    decoding = {}
-    for name in names:
-        decoding[name] = _has_decoding(mixer_class(name))
+    decoding = {name: _has_decoding(mixer_contract(name)) for name in names}
     results["causal_mixers"] = [n for n in names if decoding[n][0]]
     if not decoding.get(SOFTMAX, (False,))[0]:
         results["note"] = f"baseline {SOFTMAX!r} with a key-value cache is not registered (or cannot decode)"

@@ -2,9 +2,10 @@
 
 One step of experiments.trainer (forward, backward, AdamW update, non-finite checks; `make_train_step`) of the
 same small encoder for every mixer, built by the trainer's own functions (`build_model`, `create_state`) from a
-config made here (`trainer_config`), against dense softmax attention ("softmax"): the LRA speed table on this
-hardware. Also the benchmark's mixer options (`mixer_options_for`, LENGTH_OPTIONS, --mixer_option), which the
-decode suite uses too.
+config made here (`trainer_config`), against dense softmax attention (models.BASELINE_MIXER): the LRA speed
+table on this hardware. Also the benchmark's mixer options (`mixer_options_for`, --mixer_option), which the
+decode suite uses too: read from the mixer's registry contract (models.registry.resolve_mixer), like the
+trainer's.
 """
 
 from __future__ import annotations
@@ -39,10 +40,8 @@ if TYPE_CHECKING:
     import ml_collections
 
     import lra
+    from models.registry import ResolvedMixer
 
-# Mixer options that are a sequence length; the benchmark sets each one a mixer has to the length it runs at
-# (the trainer does the same with experiments.trainer.LENGTH_OPTIONS set to 0).
-LENGTH_OPTIONS = ("l_max", "trunc_len", "max_decode_len")
 # The classifier's classes, the longest prefix the parameters are initialised on (see _train_step_case) and the
 # schedule length given to the optimiser (train.num_steps of the config).
 NUM_CLASSES = 10
@@ -65,7 +64,7 @@ def import_model_modules() -> dict[str, str]:
 
 
 def parse_mixer_overrides(overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """{"softmax": {"num_heads": 1}} from ["softmax.num_heads=1"]; values are Python literals (else strings).
+    """{NAME: {OPTION: VALUE}} from ["NAME.OPTION=VALUE", ...]; values are Python literals (else strings).
 
     Raises ValueError naming the --mixer_option entry that is not NAME.OPTION=VALUE."""
     import ast
@@ -84,44 +83,56 @@ def parse_mixer_overrides(overrides: Sequence[str]) -> dict[str, dict[str, Any]]
     return parsed
 
 
+def resolve_for_bench(
+    name: str, length: int, cache_length: int | None = None, overrides: Sequence[str] = ()
+) -> ResolvedMixer:
+    """Mixer `name` as the benchmark builds it (models.registry.resolve_mixer): the options its contract says
+    the configs start from (`config_options`, what experiments/configs/base.py holds under config.model.<name>),
+    then `overrides` (--mixer_option entries for `name`; the others are ignored), over the mixer's defaults. A
+    length option (models.options.LENGTH_OPTIONS) left at 0 takes `length`, except max_decode_len, which takes
+    `cache_length` when given; one set to a positive value (by an override) keeps it.
+
+    Raises ValueError naming the --mixer_option entries of an option the mixer does not have (with the
+    registry's suggestion), of an option the encoder sets itself (d_model, bidirectional, dtype), or of a mixer
+    that is not registered; models.registry.UnknownMixerError (a KeyError) for an unregistered `name` without
+    overrides."""
+    from models.registry import UnknownMixerError, mixer_contract, resolve_mixer
+
+    given = parse_mixer_overrides(overrides).get(name, {})
+    contract = None
+    try:
+        contract = mixer_contract(name)
+        options = {**contract.config_options, **given}
+        defaults = contract.defaults()
+        if cache_length is not None and "max_decode_len" in defaults \
+                and options.get("max_decode_len", defaults["max_decode_len"]) == 0:
+            options["max_decode_len"] = cache_length
+        return resolve_mixer(name, options, length=length)
+    except (UnknownMixerError, ValueError) as error:
+        if not given:
+            raise
+        known = contract.defaults() if contract is not None else {}
+        bad = [option for option in given if option not in known] or list(given)
+        flags = ", ".join(f"--mixer_option={name}.{option}" for option in bad)
+        raise ValueError(f"{flags}: {error}") from None
+
+
 def mixer_options_for(
     name: str, length: int, cache_length: int | None = None, overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """The options the benchmark builds `name` with: the mixer's section of the base config when there is one
-    (what the trainer would use), then `overrides` (--mixer_option), with every length option the mixer has
-    set to `length`, except max_decode_len, set to `cache_length` when given. An override of an option the
-    mixer does not have raises ValueError naming it."""
-    from models import mixer_options
-
-    options: dict[str, Any] = {}
-    try:
-        from experiments.configs.base import base_config
-
-        section = base_config().model.get(name)
-        if section is not None:
-            options = section.to_dict()
-    except Exception:  # noqa: BLE001 -- the config is a convenience; the class defaults are the fallback
-        options = {}
-    known = mixer_options(name)
-    options = {k: v for k, v in options.items() if k in known}
-    for option, value in parse_mixer_overrides(overrides).get(name, {}).items():
-        if option not in known:
-            raise ValueError(f"--mixer_option={name}.{option}: mixer {name!r} has no option {option!r}; "
-                             f"it has {sorted(known)}")
-        options[option] = value
-    for key in LENGTH_OPTIONS:
-        if key in known:
-            options[key] = cache_length if key == "max_decode_len" and cache_length is not None else length
-    return options
+    """The options the benchmark builds `name` with, every one (defaults included) as a plain dict
+    (`ResolvedMixer.as_dict()`): see `resolve_for_bench` for where they come from and the errors."""
+    return resolve_for_bench(name, length, cache_length, overrides).as_dict()
 
 
 def trainer_config(name: str, length: int, settings: Settings) -> tuple[ml_collections.ConfigDict, lra.TaskSpec]:
     """The trainer's config and task for one case of the mixers suite.
 
     The config is `experiments.configs.base.base_config()` with the benchmark's seed and model: mixer `name`
-    with the options of `mixer_options_for(name, length, overrides=settings.mixer_overrides)` (every length
-    option at `length`), `settings.d_model`, `settings.n_layers` and `settings.bidirectional`; everything else
-    (norm, residual, dropout, pooling, dtype, the optimiser) is the base config's. The task is a token task made
+    with the options of `mixer_options_for(name, length, overrides=settings.mixer_overrides)` (every option,
+    the length options at 0 set to `length`), `settings.d_model`, `settings.n_layers` and
+    `settings.bidirectional`; everything else (norm, residual, dropout, pooling, dtype, the optimiser) is the
+    base config's. The task is a token task made
     for the benchmark (not an LRA task): `length` tokens of `settings.vocab_size` ids (0 = padding) and
     NUM_CLASSES classes."""
     import ml_collections
