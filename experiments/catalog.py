@@ -30,12 +30,17 @@ def listing() -> str:
     return "\n".join(_task_lines() + [""] + _mixer_lines() + [""] + _config_lines())
 
 
-def variants() -> list[str]:
-    """Every variant a task config file accepts: "cpu", "<mixer>-cpu" and "<mixer>" for each registered mixer
-    (experiments/configs/common.py parse_variant)."""
-    from models.registry import mixer_names
+def variants(task: str | None = None) -> list[str]:
+    """The variants a task config file accepts (experiments/configs/common.py parse_variant): "cpu", then
+    "<mixer>-cpu" for each registered mixer the task can use (a causal task: the mixers with a causal form), then
+    "<mixer>" for each mixer whose contract has a published recipe for the task. Without a task: every mixer."""
+    from models.registry import mixer_contract, mixer_names
 
-    return ["cpu"] + [f"{m}-cpu" for m in mixer_names()] + mixer_names()
+    if task is None:
+        return ["cpu"] + [f"{m}-cpu" for m in mixer_names()] + mixer_names()
+    spec = lra.get_task(task)
+    usable = [m for m in mixer_names() if mixer_contract(m).causal or not spec.causal]
+    return ["cpu"] + [f"{m}-cpu" for m in usable] + [m for m in usable if task in mixer_contract(m).recipes]
 
 
 def config_files() -> list[str]:
@@ -168,9 +173,9 @@ def _config_lines() -> list[str]:
     lines += _wrap("cpu (the default): a small budget for 2 CPU cores; MIXER-cpu: the same budget with another "
                    "mixer; MIXER: the published settings for accelerators (experiments/configs/common.py). Any "
                    "key can still be overridden: --config.train.num_steps=500.", "  ")
-    cpu_variants = [v for v in variants() if v.endswith("-cpu")]
-    accelerator_variants = [v for v in variants() if v != "cpu" and not v.endswith("-cpu")]
     for task in config_files():
+        cpu_variants = [v for v in variants(task) if v.endswith("-cpu")]
+        accelerator_variants = [v for v in variants(task) if v != "cpu" and not v.endswith("-cpu")]
         lines.append(f"  {task}: cpu = {_cpu_summary(task)}")
         lines.append(f"{INDENT}--config={task}  --config={task}:cpu")
         for group in (cpu_variants, accelerator_variants):

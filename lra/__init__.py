@@ -40,3 +40,6 @@ __all__ = [
     "register_task",
     "task_names",
 ]
+
+# The LM task registers itself with its corpus readers (after the registry above is complete).
+from lra import corpus  # noqa: E402,F401

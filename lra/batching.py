@@ -118,7 +118,8 @@ class BatchSchedule:
                 f"split {split.name!r} has {len(split)} examples but this schedule was built for {self.num_examples}"
             )
         indices = self.local_indices(step)
-        return {"inputs": np.asarray(split.inputs[indices], dtype=np.int32), "labels": split.labels[indices]}
+        return {"inputs": np.asarray(split.inputs[indices], dtype=np.int32),
+                "labels": np.asarray(split.labels[indices], dtype=np.int32)}
 
 
 def num_eval_batches(num_examples: int, batch_size: int) -> int:
@@ -152,6 +153,6 @@ def eval_batches(
         indices = np.where(real, positions, 0)
         yield {
             "inputs": np.asarray(split.inputs[indices], dtype=np.int32),  # uint8 splits widen here
-            "labels": split.labels[indices],
+            "labels": np.asarray(split.labels[indices], dtype=np.int32),
             "weights": real.astype(np.float32),
         }

@@ -32,10 +32,12 @@ class HeadKind(enum.StrEnum):
 
 
 class DataSource(enum.StrEnum):
-    """Where a task's examples come from: generated here (seeded, cached) or read from the official files."""
+    """Where a task's examples come from: generated here (seeded, cached), read from the official files in
+    data_dir, or built in (data every machine has, e.g. the Python standard library's source as a corpus)."""
 
     GENERATED = "generated"
     FILES = "files"
+    BUILTIN = "builtin"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,10 +215,11 @@ class Split:
     num_truncated: int = 0
 
     def __post_init__(self) -> None:
-        # uint8 inputs are pixel ids held compactly (e.g. a memory-mapped image cache); batches come out int32.
-        if self.inputs.dtype not in (np.int32, np.uint8) or self.labels.dtype != np.int32:
+        # uint8 inputs are ids held compactly (a memory-mapped image cache, a corpus's bytes); uint8 labels are the
+        # next bytes of a corpus (lra/corpus.py). Batches come out int32 either way.
+        if self.inputs.dtype not in (np.int32, np.uint8) or self.labels.dtype not in (np.int32, np.uint8):
             raise ValueError(
-                f"Split {self.name!r}: inputs must be int32 or uint8 and labels int32, got {self.inputs.dtype} "
+                f"Split {self.name!r}: inputs and labels must be int32 or uint8, got {self.inputs.dtype} "
                 f"and {self.labels.dtype}"
             )
         per_position = self.labels.ndim == 2 and self.inputs.ndim == 2 and self.labels.shape == self.inputs.shape

@@ -14,7 +14,7 @@ import pytest
 
 import lra
 import models
-from experiments import trainer, validation
+from experiments import catalog, trainer, validation
 from experiments.configs import image as image_config
 from experiments.configs import listops as listops_config
 from experiments.configs import pathfinder as pathfinder_config
@@ -59,7 +59,7 @@ def problem(config: ml_collections.ConfigDict, **kwargs) -> ConfigError:
 def test_every_variant_of_every_task_file_validates(module):
     get_config = importlib.import_module(module).get_config
     assert get_config().task  # the default variant
-    for variant in VARIANTS:
+    for variant in catalog.variants(module.rsplit(".", 1)[1]):
         validate_config(get_config(variant))
 
 
@@ -90,7 +90,7 @@ def test_the_test_suites_tiny_configs_validate():
 def test_constants_agree_with_the_trainer_and_the_data_loader():
     assert validation.INPUT_ENCODINGS == trainer.INPUT_ENCODINGS
     assert validation.NONFINITE_POLICIES == trainer.NONFINITE_POLICIES
-    assert validation.DATA_SOURCES == ("generated", "files")
+    assert validation.DATA_SOURCES == ("generated", "files", "builtin")
 
 
 # ------------------------------------------------------------------------------------------------- bad values
@@ -122,7 +122,7 @@ BAD_GENERAL = [
     ("model.input_encoding", "linear", "needs a pixel task; 'listops' has token ids"),
     ("model.dtype", "float16", "expected one of 'float32', 'bfloat16', got 'float16'"),
     ("seed", -1, "expected an int >= 0"),
-    ("data.source", "web", "expected one of 'generated', 'files', got 'web'"),
+    ("data.source", "web", "expected one of 'generated', 'files', 'builtin', got 'web'"),
     ("data.seq_len", -5, "expected an int >= 0"),
     ("data.seq_len", 100, r"shorter than the longest generated ListOps example \(data.listops.max_length - 1 = 199\)"),
     ("data.listops.num_train", 0, "expected a positive int"),
