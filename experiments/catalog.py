@@ -38,6 +38,7 @@ def variants(task: str | None = None) -> list[str]:
 
     if task is None:
         return ["cpu"] + [f"{m}-cpu" for m in mixer_names()] + mixer_names()
+    importlib.import_module(f"experiments.configs.{task}")  # a config file registers its task's module
     spec = lra.get_task(task)
     usable = [m for m in mixer_names() if mixer_contract(m).causal or not spec.causal]
     return ["cpu"] + [f"{m}-cpu" for m in usable] + [m for m in usable if task in mixer_contract(m).recipes]

@@ -32,7 +32,7 @@ key, option, task or mixer name and a value outside a closed set also get the cl
     mixer's own setup makes is reported under config.model.<mixer> too.
 
 Not checked here: that data_dir exists (the data loaders say so, naming the flag) and that the batch divides by
-the device count (the trainer's mesh does, experiments/trainer.py DataParallel.check_batch_size).
+the device count (the trainer's mesh does, experiments/steps.py DataParallel.check_batch_size).
 
 The checks run in two stages: the first needs no JAX (a bad training flag fails before JAX is imported); the
 second imports the mixers (models/) for their option lists.
@@ -110,10 +110,12 @@ class ConfigError(ValueError):
 
     @property
     def keys(self) -> list[str]:
+        """The keys of every problem, in order ("train.batch_size", ...)."""
         return [p.key for p in self.problems]
 
     @property
     def key(self) -> str:
+        """The key of the first problem."""
         return self.problems[0].key
 
     def _message(self) -> str:
@@ -143,6 +145,7 @@ class FieldType:
     nullable: bool = False
 
     def accepts(self, value: Any) -> bool:
+        """Whether a leaf may hold `value` (see the class docstring for int, float and bool)."""
         if value is None:
             return self.nullable
         if isinstance(value, bool):
@@ -152,6 +155,7 @@ class FieldType:
         return isinstance(value, tuple(t for t in self.types if t is not bool))
 
     def describe(self) -> str:
+        """The accepted types in words, for messages: 'an int or None'."""
         names = [{int: "an int", float: "a number", bool: "a bool", str: "a string"}.get(t, t.__name__)
                  for t in self.types]
         return " or ".join(names + (["None"] if self.nullable else []))
@@ -455,7 +459,7 @@ def _check_warmup(c: _Checker) -> None:
 
 def _check_length(c: _Checker, spec: lra.TaskSpec) -> None:
     seq_len = c.get("data.seq_len")
-    if not spec.padded and seq_len not in (0, spec.seq_len):
+    if spec.fixed_length and seq_len not in (0, spec.seq_len):
         c.fail("data.seq_len", f"task {spec.name!r} has a fixed length of {spec.seq_len} (its pixels are never "
                                f"padded or cut): expected 0 or {spec.seq_len}, got {seq_len}")
 

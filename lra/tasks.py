@@ -89,6 +89,8 @@ class TaskSpec:
       pad_id: id used for padding.
       padded: whether sequences can be padded (the input kind: tokens). False for pixel tasks, whose every
         position is real (pixel 0 is black, not padding: LRA's `inputs > 0` mask is a known quirk not copied here).
+      fixed_length: the length cannot change (default: for tasks that are never padded, whose pixels are neither
+        padded nor cut); False for a corpus cut into windows of any length.
       description: one line for humans.
       train_size: examples in the official training split (turns a recipe's epochs into steps).
       metrics: what evaluation reports besides the loss.
@@ -111,6 +113,7 @@ class TaskSpec:
     pad_id: int = 0
     description: str = ""
     padded: bool = True
+    fixed_length: bool | None = None
     train_size: int = 0
     metrics: tuple[str, ...] = ("accuracy",)
     loaders: Mapping[str, Loader] = dataclasses.field(default_factory=dict, compare=False)
@@ -134,6 +137,8 @@ class TaskSpec:
         if self.dual_input != (head == HeadKind.DUAL):
             raise ValueError(f"TaskSpec {self.name!r}: dual_input={self.dual_input} contradicts head={head.value!r}")
         object.__setattr__(self, "head", head)
+        if self.fixed_length is None:
+            object.__setattr__(self, "fixed_length", not self.padded)
         unknown = sorted(set(self.loaders) - {s.value for s in DataSource})
         if unknown:
             raise ValueError(f"TaskSpec {self.name!r}: unknown data source(s) {unknown}; expected "
