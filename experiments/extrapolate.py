@@ -106,7 +106,7 @@ def evaluate_run(run: dict[str, Any], schemes: Sequence[str], multiples: Sequenc
     from experiments import data as data_lib
     from experiments.trainer import build_model, make_eval_step, model_inputs
     from lra import corpus
-    from models.registry import resolve_mixer
+    from models.registry import MixerContext, resolve_mixer
 
     config, spec = run["config"], run["spec"]
     train_length = spec.seq_len
@@ -124,8 +124,11 @@ def evaluate_run(run: dict[str, Any], schemes: Sequence[str], multiples: Sequenc
             length = int(multiple) * train_length
             changes = scheme_options(scheme, options, supported, train_length, length,
                                      rerope_window=rerope_window or max(train_length // 2, 1), rerope_leak=rerope_leak)
-            if changes is None:
-                skipped.append(f"{mixer_name} ({position}): {scheme} does not apply")
+            problems = [] if changes is None else trained.contract.check_options(
+                {**options, **changes}, MixerContext(d_model=config.model.d_model, length=length))
+            if changes is None or problems:
+                why = f" ({problems[0][0]}: {problems[0][1]})" if problems else ""
+                skipped.append(f"{mixer_name} ({position}): {scheme} does not apply{why}")
                 break
             test_config = ml_collections.ConfigDict(config.to_dict())
             test_config.model[mixer_name].update(changes)

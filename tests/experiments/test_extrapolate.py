@@ -58,6 +58,12 @@ def test_schemes_a_run_cannot_take_are_none():
     assert extrapolate.scheme_options("ntk", nope, choices, T, 2 * T, rerope_window=8, rerope_leak=16.0) is None
 
 
+def _context():
+    from models.registry import MixerContext
+
+    return MixerContext(d_model=16, length=2 * T)
+
+
 def _logits(config, variables, tokens):
     spec = data_lib.task_spec(config)
     model = trainer.build_model(config, spec)
@@ -104,6 +110,10 @@ def test_the_command_writes_rows_a_table_and_a_plot(tmp_path):
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["bpb"] > 0 for r in result["rows"])
     assert (tmp_path / "ex" / "table.md").read_text().startswith("| mixer |")
     assert (tmp_path / "ex" / "table.png").stat().st_size > 1000
+    linear_logn = extrapolate.scheme_options("logn", *_options("linear", position="rope"), T, 2 * T, rerope_window=8,
+                                             rerope_leak=16.0)
+    assert resolve_mixer("linear", {}).contract.check_options(linear_logn, _context()), \
+        "linear attention refuses log-n scaling through its contract, so the command skips it"
     bad = subprocess.run([sys.executable, "-m", "experiments.extrapolate", f"--workdir={workdir}",
                           "--positions=rope2"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --positions: unknown 'rope2'")
