@@ -182,26 +182,30 @@ def markdown_table(rows: list[dict], train_length: int) -> str:
 def plot(rows: list[dict], path: str) -> None:
     """Accuracy and bpb against test length, one line per (mixer, scheme), one row of panels per mode."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     modes = list(dict.fromkeys(r["mode"] for r in rows))
-    fig, axes = plt.subplots(len(modes), 2, figsize=(11, 4 * len(modes)), squeeze=False)
+    keys = list(dict.fromkeys((r["mixer"], r["position"], r["scheme"]) for r in rows))
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(keys), 2)))  # one distinct colour per line
+    fig, axes = plt.subplots(len(modes), 2, figsize=(12, 4.5 * len(modes)), squeeze=False)
     for i, mode in enumerate(modes):
-        for key in dict.fromkeys((r["mixer"], r["position"], r["scheme"]) for r in rows):
+        for n, key in enumerate(keys):
             points = sorted((r["length"], r["accuracy"], r["bpb"]) for r in rows
                             if (r["mixer"], r["position"], r["scheme"]) == key and r["mode"] == mode)
             if not points:
                 continue
             label = f"{key[0]} ({key[1]}) {key[2]}"
-            axes[i][0].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-            axes[i][1].plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
+            style = dict(marker="o", label=label, color=colours[n], linestyle="-" if key[2] == "trained" else "--")
+            axes[i][0].plot([p[0] for p in points], [p[1] for p in points], **style)
+            axes[i][1].plot([p[0] for p in points], [p[2] for p in points], **style)
         for j, what in enumerate(("next-byte accuracy", "bits per byte")):
             axes[i][j].set_xscale("log", base=2)
             axes[i][j].set_xlabel("test length (bytes)")
             axes[i][j].set_title(f"{what}, {mode}")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
