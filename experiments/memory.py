@@ -21,7 +21,7 @@ Two checks, because each misses what the other sees:
     donated aliases + temporaries): exact for what XLA allocates, available only after compilation.
 
 Memory is per device: the state is replicated on every device and the batch split over all of them
-(experiments/trainer.py DataParallel). The machine's memory (`machine_memory()`) is the device's memory where
+(experiments/steps.py DataParallel). The machine's memory (`machine_memory()`) is the device's memory where
 the backend reports one (`jax.devices()[0].memory_stats()["bytes_limit"]`, GPUs and TPUs), else host RAM
 (/proc/meminfo's MemTotal, or the cgroup's limit when lower; os.sysconf elsewhere), shared by every local
 device of the CPU backend. A run is refused when its need exceeds that total, not the memory free at the moment
@@ -64,7 +64,7 @@ EVAL_FRACTION = 0.75
 
 
 # Each mixer's activation floats per token and layer (and per sequence, and per layer) are part of its contract
-# (models/registry.py ActivationModel): fitted to XLA's compiled memory analysis of experiments/trainer.py's step
+# (models/registry.py ActivationModel): fitted to XLA's compiled memory analysis of experiments/steps.py's train step
 # (CPU, jax 0.10.2; B = 8, L = 512 and 1,024, D = 64 and 128, 2 and 4 layers, the state sizes, heads and features
 # varied) and rounded down. A mixer that registers none gets 16 floats per d per token.
 
@@ -88,6 +88,7 @@ class MachineMemory:
     devices_sharing: int = 1
 
     def describe(self) -> str:
+        """'31.2 GiB of host RAM (20.1 GiB free now), shared by 2 devices': the figures on one line."""
         free = f" ({format_bytes(self.available_bytes)} free now)" if self.available_bytes is not None else ""
         shared = f", shared by {self.devices_sharing} devices" if self.devices_sharing > 1 else ""
         return f"{format_bytes(self.total_bytes)} of {self.what}{free}{shared}"
@@ -151,6 +152,7 @@ def machine_memory(device: Any = None) -> MachineMemory:
 
 
 def format_bytes(n: float | None) -> str:
+    """`n` bytes as '1.5 GiB', '12 MiB' or '4 KiB' (binary units); 'unknown' for None."""
     if n is None:
         return "unknown"
     if abs(n) >= GIB:
@@ -216,14 +218,17 @@ class Estimate:
 
     @property
     def state_bytes(self) -> int:
+        """The train state: parameters, optimiser state and the other collections (exact)."""
         return self.param_bytes + self.optimizer_bytes + self.other_state_bytes
 
     @property
     def train_bytes(self) -> int:
+        """The training step: the state, a batch, gradients and update temporaries, activations."""
         return self.state_bytes + self.batch_bytes + self.update_bytes + self.activation_bytes
 
     @property
     def eval_bytes(self) -> int:
+        """The evaluation step: the state, an eval batch and its activations."""
         return self.state_bytes + self.eval_batch_bytes + self.eval_activation_bytes
 
     @property
@@ -388,9 +393,11 @@ class CompiledMemory:
 
     @property
     def total_bytes(self) -> int:
+        """Bytes per device: arguments + outputs - donated (aliased) + temporaries + host-side buffers."""
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.host_bytes
 
     def describe(self) -> str:
+        """The total and its parts (arguments, outputs, donated, temporaries) on one line."""
         return (f"{format_bytes(self.total_bytes)} per device (XLA's compiled memory analysis: arguments "
                 f"{format_bytes(self.argument_bytes)} + outputs {format_bytes(self.output_bytes)} - donated "
                 f"{format_bytes(self.alias_bytes)} + temporaries {format_bytes(self.temp_bytes)})")

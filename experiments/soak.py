@@ -168,19 +168,23 @@ class Launch:
                                          cwd=REPO, env=env, stdout=out, stderr=err)
 
     def alive(self) -> bool:
+        """Whether the subprocess is still running."""
         return self.proc.poll() is None
 
     def signal(self, signum: int) -> None:
+        """Sends `signum` to the subprocess if it is still running."""
         if self.alive():
             self.proc.send_signal(signum)
 
     def wait(self, timeout: float | None = None) -> int | None:
+        """The exit code once the subprocess ends, or None if it still runs after `timeout` seconds."""
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
 
     def progress(self) -> int:
+        """The newest training step logged so far (see the class docstring)."""
         with open(self.err_path, errors="replace") as f:
             f.seek(self._offset)
             text = f.read()
@@ -196,6 +200,7 @@ class Launch:
         return self._step
 
     def stderr(self) -> str:
+        """The whole stderr log so far."""
         with open(self.err_path, errors="replace") as f:
             return f.read()
 
@@ -270,6 +275,7 @@ class Cycle:
     failures: list[dict[str, str]] = dataclasses.field(default_factory=list)  # {"kind": FAILURE_KINDS, "message"}
 
     def fail(self, kind: str, message: str) -> None:
+        """Records a failure of this cycle (`kind`: one of FAILURE_KINDS)."""
         self.failures.append({"kind": kind, "message": message})
     damaged_checkpoints_skipped: int = 0
     injected: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(INJECTED, 0))
@@ -304,6 +310,7 @@ class Soak:
         self.deadline = 0.0
 
     def log(self, message: str) -> None:
+        """Prints a timestamped progress line on stdout."""
         print(f"[soak {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     def _launch(self, workdir: str) -> Launch:
@@ -313,9 +320,11 @@ class Soak:
 
     @property
     def total_kills(self) -> int:
+        """Kills of every kind over all cycles so far."""
         return sum(sum(c.kills.values()) for c in self.cycles)
 
     def may_kill(self) -> bool:
+        """Whether another kill is allowed: wall time left and --max_kills (0: no limit) not reached."""
         if time.time() >= self.deadline:
             return False
         return not self.options.max_kills or self.total_kills < self.options.max_kills

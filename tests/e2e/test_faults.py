@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from experiments import metrics as metrics_lib
 from experiments import trainer
 from experiments import workdir as workdir_lib
 from tests.e2e.test_newcomer import assert_one_line_error
@@ -178,7 +179,7 @@ def test_the_metrics_rewrite_replaces_the_file_and_never_writes_it_in_place(copy
     def killed(*args):
         raise KeyboardInterrupt("killed before the rename")
 
-    monkeypatch.setattr(trainer.os, "replace", killed)
+    monkeypatch.setattr(metrics_lib.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         trainer.MetricWriter(str(copy), resume_step=6, enabled=True)
     assert path.read_bytes() == before

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from experiments import trainer
+from experiments import run_checks, trainer
 from experiments.configs import listops as listops_config
 from lra.batching import BatchSchedule
 
@@ -206,8 +206,8 @@ def test_full_disk_fails_at_start_naming_the_space_needed(tmp_path, monkeypatch)
     with pytest.raises(OSError, match=r"--workdir=.*0\.9 MiB free.*need about 1\.3 MiB"):
         trainer.check_checkpoint_space(str(tmp_path), state, keep=3, free_bytes=int(0.9 * 2**20))
     # In a run: a file system reporting 1 KiB free stops it before data are read or anything is written.
-    usage = trainer.shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda path: usage._replace(free=1024))
+    usage = run_checks.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(run_checks.shutil, "disk_usage", lambda path: usage._replace(free=1024))
     with pytest.raises(OSError, match=r"--workdir=.*MiB free"):
         trainer.train_and_evaluate(tiny_config(str(tmp_path / "cache")), str(tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "cache").exists()
