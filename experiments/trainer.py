@@ -401,7 +401,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, spec: lra.TaskSpec, 
     show.say("step %d: test accuracy %.4f loss %.4f (best checkpoint, step %d)", final_step, test["accuracy"],
              test["loss"], int(meta["best_step"]))
 
-    return {
+    results = {
         "task": config.task,
         "mixer": config.model.mixer,
         "steps": final_step,
@@ -416,6 +416,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, spec: lra.TaskSpec, 
         "num_processes": jax.process_count(),
         "wall_seconds": wall_before + time.time() - start_time,
     }
+    if "bpb" in spec.metrics:  # byte-level language modelling: bits per byte, and the order-0 baseline
+        val = evaluate(eval_step, best_state, splits["val"], config, parallel)
+        results.update(train_length=spec.seq_len, val_bpb=float(val["loss"]) / math.log(2),
+                       test_bpb=float(test["loss"]) / math.log(2),
+                       unigram_bpb=lra.corpus.unigram_bpb(train_split.labels.reshape(-1),
+                                                          splits["test"].labels.reshape(-1)))
+        show.say("test %.3f bits per byte (order-0 baseline %.3f)", results["test_bpb"], results["unigram_bpb"])
+    return results
 
 
 SPLITS = {"test": "test", "validation": "val", "val": "val", "train": "train"}

@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import math
 import os
 import types
 from collections.abc import Callable, Iterable, Sequence

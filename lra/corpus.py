@@ -30,7 +30,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import math
 import os
 import shutil
 import sysconfig
@@ -266,11 +265,10 @@ def windows(data: np.ndarray, length: int, name: str, *, max_windows: int = 0, w
 
 def unigram_bpb(train: np.ndarray, test: np.ndarray) -> float:
     """Bits per byte of `test` under the byte frequencies of `train` (add-one smoothed): the order-0 baseline."""
-    counts = np.bincount(np.asarray(train, np.uint8), minlength=256).astype(np.float64) + 1.0
+    counts = np.bincount(np.asarray(train, np.uint8).reshape(-1), minlength=256).astype(np.float64) + 1.0
     log_probs = np.log2(counts / counts.sum())
-    test_counts = np.bincount(np.asarray(test, np.uint8), minlength=256).astype(np.float64)
-    return float(-(test_counts * log_probs).sum() / max(test_counts.sum(), 1.0)) if math.isfinite(
-        log_probs.sum()) else math.inf
+    test_counts = np.bincount(np.asarray(test, np.uint8).reshape(-1), minlength=256).astype(np.float64)
+    return float(-(test_counts * log_probs).sum() / max(test_counts.sum(), 1.0))
 
 
 # ------------------------------------------------------------------------------------------------- the LM task

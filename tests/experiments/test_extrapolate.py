@@ -4,6 +4,7 @@ trained model within the training length does, and the command on a tiny trained
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -98,6 +99,10 @@ def test_the_command_writes_rows_a_table_and_a_plot(tmp_path):
              "--config.data.lm.max_eval_windows=8"]
     proc = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())  # the lm task's own figures
+    assert results["train_length"] == 32
+    assert results["test_bpb"] == pytest.approx(results["test_loss"] / math.log(2), rel=1e-12)
+    assert 0 < results["val_bpb"] and 0 < results["unigram_bpb"] < 8
     out = tmp_path / "ex" / "table.json"
     proc = subprocess.run([sys.executable, "-m", "experiments.extrapolate", f"--workdir={workdir}",
                            "--eval_lengths=1,2", "--positions=trained,ntk,rerope", "--max_windows=4",
