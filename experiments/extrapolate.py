@@ -44,15 +44,21 @@ from absl import app, flags
 SCHEMES = ("trained", "ntk", "yarn", "logn", "ntk_logn", "rerope", "leaky_rerope", "rerope_logn")
 MODES = ("nonrepeated", "repeated")
 
-_WORKDIR = flags.DEFINE_multi_string("workdir", [], "A finished lm run (repeat the flag for several runs).")
-_LENGTHS = flags.DEFINE_list("eval_lengths", ["1", "2", "4", "8"], "Test lengths as multiples of the training length.")
-_POSITIONS = flags.DEFINE_list("positions", list(SCHEMES), f"Schemes applied at test time, of {list(SCHEMES)}.")
-_MODES = flags.DEFINE_list("modes", list(MODES), f"Of {list(MODES)}.")
-_MAX_WINDOWS = flags.DEFINE_integer("max_windows", 64, "Test windows per length (evenly spaced over the split).")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Windows per evaluation batch.")
-_RE_WINDOW = flags.DEFINE_integer("rerope_window", 0, "ReRoPE's window w (0: half the training length).")
-_RE_LEAK = flags.DEFINE_float("rerope_leak", 16.0, "Leaky ReRoPE's k (> 1).")
-_OUT = flags.DEFINE_string("out", "extrapolation.json", "Output JSON; the table (.md) and the plot (.png) go next to it.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the command's flags (only when it runs as a program: experiments.generate, imported in the same
+    process by tests, defines a --workdir of its own)."""
+    flags.DEFINE_multi_string("workdir", [], "A finished lm run (repeat the flag for several runs).")
+    flags.DEFINE_list("eval_lengths", ["1", "2", "4", "8"], "Test lengths as multiples of the training length.")
+    flags.DEFINE_list("positions", list(SCHEMES), f"Schemes applied at test time, of {list(SCHEMES)}.")
+    flags.DEFINE_list("modes", list(MODES), f"Of {list(MODES)}.")
+    flags.DEFINE_integer("max_windows", 64, "Test windows per length (evenly spaced over the split).")
+    flags.DEFINE_integer("batch_size", 8, "Windows per evaluation batch.")
+    flags.DEFINE_integer("rerope_window", 0, "ReRoPE's window w (0: half the training length).")
+    flags.DEFINE_float("rerope_leak", 16.0, "Leaky ReRoPE's k (> 1).")
+    flags.DEFINE_string("out", "extrapolation.json", "Output JSON; the table (.md) and the plot (.png) go next to it.")
 
 
 def scheme_options(scheme: str, options: dict[str, Any], supported: dict[str, tuple], train_length: int,
@@ -224,23 +230,23 @@ def main(argv: Sequence[str]) -> None:
 
     if len(argv) > 1:
         cli.usage_exit(f"unexpected arguments {' '.join(argv[1:])!r}", PROGRAM)
-    if not _WORKDIR.value:
+    if not FLAGS.workdir:
         cli.usage_exit("--workdir: expected at least one finished lm run", PROGRAM)
-    for name, values, allowed in (("positions", _POSITIONS.value, SCHEMES), ("modes", _MODES.value, MODES)):
+    for name, values, allowed in (("positions", FLAGS.positions, SCHEMES), ("modes", FLAGS.modes, MODES)):
         bad = [v for v in values if v not in allowed]
         if bad:
             cli.usage_exit(f"--{name}: unknown {', '.join(map(repr, bad))}; expected some of {', '.join(allowed)}",
                            PROGRAM)
     try:
-        multiples = [int(v) for v in _LENGTHS.value]
+        multiples = [int(v) for v in FLAGS.eval_lengths]
         if not multiples or min(multiples) < 1:
             raise ValueError
     except ValueError:
-        cli.usage_exit(f"--eval_lengths={','.join(_LENGTHS.value)}: expected positive integers (multiples of the "
+        cli.usage_exit(f"--eval_lengths={','.join(FLAGS.eval_lengths)}: expected positive integers (multiples of the "
                        "training length)", PROGRAM)
     cli.quiet_library_logs()
     rows, skipped, runs, train_lengths = [], [], [], set()
-    for workdir in _WORKDIR.value:
+    for workdir in FLAGS.workdir:
         try:
             run = load_run(workdir)
         except (GenerateError, WorkdirError, ConfigError, ConfigValueError) as error:
@@ -249,9 +255,9 @@ def main(argv: Sequence[str]) -> None:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
         train_lengths.add(run["spec"].seq_len)
-        found, missed = evaluate_run(run, _POSITIONS.value, multiples, _MODES.value, max_windows=_MAX_WINDOWS.value,
-                                     batch_size=_BATCH.value, rerope_window=_RE_WINDOW.value,
-                                     rerope_leak=_RE_LEAK.value)
+        found, missed = evaluate_run(run, FLAGS.positions, multiples, FLAGS.modes, max_windows=FLAGS.max_windows,
+                                     batch_size=FLAGS.batch_size, rerope_window=FLAGS.rerope_window,
+                                     rerope_leak=FLAGS.rerope_leak)
         rows += found
         skipped += missed
         runs.append({"workdir": run["workdir"], "mixer": run["config"].model.mixer,
@@ -260,7 +266,7 @@ def main(argv: Sequence[str]) -> None:
         cli.usage_exit(f"--workdir: the runs trained at different lengths {sorted(train_lengths)}; compare runs of "
                        "one training length", PROGRAM)
     train_length = train_lengths.pop()
-    out = os.path.abspath(_OUT.value)
+    out = os.path.abspath(FLAGS.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"train_length": train_length, "runs": runs, "rows": rows, "skipped": skipped}, f, indent=1)
@@ -276,4 +282,5 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     from experiments import cli
 
+    define_flags()
     app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -45,6 +45,11 @@ TINY_OPTIONS = {
 
 DECODING_MIXERS = [name for name in registry.mixer_names()
                    if registry.mixer_contract(name).causal and registry.mixer_contract(name).step]
+# One mixer of each kind of decoding state in the default run (a recurrence, a convolution's state-space step,
+# a key-value cache, running sums, a VQ cache); the rest in the slow suite (each mixer's own step == parallel is
+# tested in the default run by tests/models/test_*_mixers.py).
+DEFAULT_DECODING = ("lru", "s4d", "softmax", "linear", "vq")
+DECODING_CASES = [m if m in DEFAULT_DECODING else pytest.param(m, marks=pytest.mark.slow) for m in DECODING_MIXERS]
 
 
 def build(mixer: str = "lru", *, n_layers: int = 2, norm: str = "layer", residual: str = "prenorm",
@@ -105,7 +110,7 @@ def greedy_reference(model, variables, prompt, num_tokens):
 # ------------------------------------------------------------------------------- step == parallel, greedy
 
 
-@pytest.mark.parametrize("mixer", DECODING_MIXERS)
+@pytest.mark.parametrize("mixer", DECODING_CASES)
 def test_stepping_the_model_equals_the_parallel_call_and_greedy_equals_rerunning_it(mixer):
     model, variables = model_and_variables(mixer)
     x = tokens()
