@@ -218,3 +218,40 @@ class Checkpoints:
                 manager.wait_until_finished()
             with contextlib.suppress(Exception):
                 manager.close()
+
+
+def check_checkpoint_argument(workdir: str, checkpoint: str) -> None:
+    """`--checkpoint` is "best", "latest" or a step number, and the workdir holds a checkpoint at all (raises
+    ConfigValueError or CheckpointError with one line naming what exists)."""
+    from experiments.errors import ConfigValueError
+
+    if checkpoint not in ("best", "latest") and not checkpoint.isdigit():
+        raise ConfigValueError(f"--checkpoint={checkpoint}: expected best, latest or a step number (steps in "
+                               f"{workdir}: {workdir_lib.checkpoint_steps(workdir)})")
+    if not workdir_lib.checkpoint_steps(workdir) and not workdir_lib.checkpoint_steps(workdir, "best"):
+        raise CheckpointError(f"--workdir={workdir} holds no checkpoint yet (the run saved none before it stopped)")
+
+
+def restore_selected(workdir: str, keep: int, abstract_state: Any, checkpoint: str) -> Any:
+    """The state of a finished (or stopped) run's checkpoint `checkpoint` ("best", "latest" or a step number),
+    restored read-only into `abstract_state`'s shapes and shardings; CheckpointError naming what to use instead."""
+    checkpoints = Checkpoints(workdir, keep, read_only=True)
+    try:
+        if checkpoint == "best":
+            try:
+                restored = checkpoints.restore_best(abstract_state)
+            except CheckpointError as error:
+                raise CheckpointError(f"{error}; --checkpoint=latest reads the newest checkpoint instead") from None
+            if restored is None:
+                raise CheckpointError(f"{workdir} holds no best checkpoint (no validation ran); use "
+                                      "--checkpoint=latest")
+        elif checkpoint == "latest":
+            restored = checkpoints.restore_latest(abstract_state)
+            if restored is None:
+                raise CheckpointError(f"no checkpoint in {workdir}/checkpoints could be restored")
+        else:
+            restored = checkpoints.restore_step(int(checkpoint), abstract_state)
+    finally:
+        checkpoints.close()
+    return restored[0]
+

@@ -30,7 +30,8 @@ def load_run(workdir: str, checkpoint: str = "best", *, decode_length: int = 0) 
     import lra
     from experiments import data as data_lib
     from experiments import workdir as workdir_lib
-    from experiments.trainer import CheckpointError, Checkpoints, DataParallel, build_model, create_state
+    from experiments.checkpoints import check_checkpoint_argument, restore_selected
+    from experiments.trainer import DataParallel, build_model, create_state
     from experiments.validation import validate_config
     from models.registry import resolve_mixer
 
@@ -57,9 +58,7 @@ def load_run(workdir: str, checkpoint: str = "best", *, decode_length: int = 0) 
     if not mixer.contract.step:
         raise GenerateError(f"mixer {mixer_name!r} of the run in {workdir} has no recurrent step: it cannot "
                             "decode token by token")
-    if checkpoint not in ("best", "latest") and not checkpoint.isdigit():
-        raise GenerateError(f"--checkpoint={checkpoint}: expected best, latest or a step number (steps in "
-                            f"{workdir}: {workdir_lib.checkpoint_steps(workdir)})")
+    check_checkpoint_argument(workdir, checkpoint)
     model = build_model(config, spec)
     cache = mixer.as_dict().get("max_decode_len")
     if cache and decode_length > cache:  # a longer cache: the same parameters
@@ -69,24 +68,7 @@ def load_run(workdir: str, checkpoint: str = "best", *, decode_length: int = 0) 
     parallel = DataParallel()
     abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated),
                                   jax.eval_shape(lambda: create_state(build_model(config, spec), config, spec)[0]))
-    if not workdir_lib.checkpoint_steps(workdir) and not workdir_lib.checkpoint_steps(workdir, "best"):
-        raise CheckpointError(f"--workdir={workdir} holds no checkpoint yet (the run saved none before it stopped)")
-    checkpoints = Checkpoints(workdir, config.train.keep_checkpoints, read_only=True)
-    try:
-        if checkpoint == "best":
-            restored = checkpoints.restore_best(abstract_state)
-            if restored is None:
-                raise CheckpointError(f"{workdir} holds no best checkpoint (no validation ran); use "
-                                      "--checkpoint=latest")
-        elif checkpoint == "latest":
-            restored = checkpoints.restore_latest(abstract_state)
-            if restored is None:
-                raise CheckpointError(f"no checkpoint in {workdir}/checkpoints could be restored")
-        else:
-            restored = checkpoints.restore_step(int(checkpoint), abstract_state)
-    finally:
-        checkpoints.close()
-    state = restored[0]
+    state = restore_selected(workdir, config.train.keep_checkpoints, abstract_state, checkpoint)
     variables = {"params": state["params"], **state["collections"]}
     return {"workdir": workdir, "config": config, "spec": spec, "model": model, "variables": variables,
             "step": int(state["step"])}

@@ -46,7 +46,14 @@ import lra
 from experiments import data as data_lib
 from experiments import memory
 from experiments import workdir as workdir_lib
-from experiments.checkpoints import META_DEFAULTS, CheckpointError, Checkpoints, checked_meta
+from experiments.checkpoints import (
+    META_DEFAULTS,
+    CheckpointError,
+    Checkpoints,
+    check_checkpoint_argument,
+    checked_meta,
+    restore_selected,
+)
 from experiments.errors import ConfigMismatchError, ConfigValueError, NonFiniteError, Preempted
 from experiments.metrics import MetricWriter, Progress
 from experiments.optim import schedule as schedule_fn
@@ -455,33 +462,9 @@ def evaluate_run(workdir: str, split: str = "test", checkpoint: str = "best") ->
     model = build_model(config, spec)
     abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated),
                                   _abstract_state(model, config, spec))
-    steps = workdir_lib.checkpoint_steps(workdir)
-    best_steps = workdir_lib.checkpoint_steps(workdir, "best")
-    if checkpoint not in ("best", "latest") and not checkpoint.isdigit():
-        raise ConfigValueError(f"--checkpoint={checkpoint}: expected best, latest or a step number (steps in "
-                               f"{workdir}: {steps})")
-    if not steps and not best_steps:
-        raise CheckpointError(f"--workdir={workdir} holds no checkpoint yet (the run saved none before it stopped)")
+    check_checkpoint_argument(workdir, checkpoint)
     splits = data_lib.load_splits(config)
-    checkpoints = Checkpoints(workdir, config.train.keep_checkpoints, read_only=True)
-    try:
-        if checkpoint == "best":
-            try:
-                restored = checkpoints.restore_best(abstract_state)
-            except CheckpointError as error:
-                raise CheckpointError(f"{error}; --checkpoint=latest evaluates the newest checkpoint instead") from None
-            if restored is None:
-                raise CheckpointError(f"{workdir} holds no best checkpoint (no validation ran); use "
-                                      "--checkpoint=latest")
-        elif checkpoint == "latest":
-            restored = checkpoints.restore_latest(abstract_state)
-            if restored is None:
-                raise CheckpointError(f"no checkpoint in {workdir}/checkpoints could be restored")
-        else:
-            restored = checkpoints.restore_step(int(checkpoint), abstract_state)
-    finally:
-        checkpoints.close()
-    state = restored[0]
+    state = restore_selected(workdir, config.train.keep_checkpoints, abstract_state, checkpoint)
     prepare = functools.partial(model_inputs, spec=spec, input_encoding=config.model.input_encoding)
     eval_step = jax.jit(make_eval_step(model, prepare), in_shardings=(parallel.replicated, parallel.batch),
                         out_shardings=parallel.replicated)
