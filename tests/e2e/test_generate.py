@@ -67,6 +67,7 @@ def test_generate_continues_the_prompt_and_reports_the_speed(lm_run):
     assert bytes(np.asarray(tokens[0], np.uint8)).decode("utf-8", errors="replace") == text
 
 
+@pytest.mark.slow  # the test budget: sampling determinism is tested in process (tests/models)
 def test_sampling_is_reproducible_from_the_command_line(lm_run):
     flags = (f"--workdir={lm_run}", "--prompt=import ", "--num_tokens=12", "--temperature=0.9", "--top_p=0.9",
              "--top_k=50", "--seed=3", "--checkpoint=latest")
@@ -106,6 +107,7 @@ def test_a_users_mistake_is_one_line_and_exit_status_2(lm_run, tmp_path, mistake
     assert len(errors) == 1 and expected in errors[0], stderr
 
 
+@pytest.mark.slow  # the test budget: it trains a second model
 def test_a_key_value_cache_grows_to_hold_the_prompt_and_the_new_tokens(lm_run):
     """Softmax attention decodes with a cache of max_decode_len positions (the trained length, 256, by default):
     load_run sizes it for the request, so 300 steps decode, and the same parameters serve both sizes."""

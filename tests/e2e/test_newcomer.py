@@ -57,6 +57,7 @@ def cache(tmp_path_factory):
 # ------------------------------------------------------------------------------------------- the main command
 
 
+@pytest.mark.slow  # the 10-minute test budget: CI runs the README's main command, whose default workdir is relative
 def test_relative_workdir_from_another_directory_is_made_absolute_and_the_run_finishes(tmp_path, cache):
     """The README's main command failed on a fresh clone: orbax refused the relative default workdir."""
     elsewhere = tmp_path / "somewhere"

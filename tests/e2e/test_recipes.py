@@ -237,8 +237,8 @@ def test_a_per_position_task_trains_and_is_scored_on_its_targets_only(tree, tmp_
 
 @pytest.mark.parametrize("override, key", [
     ("--config.model.norm=batch", "config.model.norm"),
-    ("--config.model.bidirectional=True", "config.model.bidirectional"),
-    ("--config.model.mixer=nystrom", "config.model.mixer"),
+    pytest.param("--config.model.bidirectional=True", "config.model.bidirectional", marks=pytest.mark.slow),
+    pytest.param("--config.model.mixer=nystrom", "config.model.mixer", marks=pytest.mark.slow),
 ])
 def test_a_causal_task_refuses_what_would_see_the_future(tree, tmp_path, override, key):
     proc = run(tree, "--config=toy_previous:toy_ema-cpu", f"--workdir={tmp_path / 'bad'}", override)

@@ -335,6 +335,7 @@ def test_mixer_option_overrides_one_mixer_and_rejects_unknown_options():
         bench.parse_mixer_overrides(["num_heads=1"])
 
 
+@pytest.mark.slow  # the 10-minute test budget: the toy run above covers every suite and summary key in process
 def test_quick_run_prints_a_summary_without_nulls(tmp_path):
     """`--quick` as a user runs it (the CLI, its sizes), restricted to two mixers and the 'auto' scan method
     (the ones the summary needs) to stay short: every printed summary figure is a number, at the quick lengths."""

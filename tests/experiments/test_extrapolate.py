@@ -72,7 +72,9 @@ def _logits(config, variables, tokens):
     return np.asarray(model.apply(variables, inputs, mask))
 
 
-@pytest.mark.parametrize("scheme", ["ntk", "yarn", "logn", "ntk_logn", "rerope", "rerope_logn"])
+@pytest.mark.parametrize("scheme", ["ntk", "yarn", "rerope", pytest.param("logn", marks=pytest.mark.slow),
+                                    pytest.param("ntk_logn", marks=pytest.mark.slow),
+                                    pytest.param("rerope_logn", marks=pytest.mark.slow)])
 def test_within_the_training_length_each_scheme_is_the_trained_model(scheme):
     config = lm_config.get_config("softmax-cpu")
     config.data.seq_len = T
