@@ -12,9 +12,10 @@ Two checks, because each misses what the other sees:
     3 x the parameter bytes for the gradients and the optimiser's temporaries, and the activations a training
     step keeps for its backward pass, sequences x length x (layers x a per-mixer width + 6 d_model) floats, plus
     heads x length^2 per sequence and layer for dense attention. The per-mixer widths (each mixer's
-    ActivationModel, part of its contract in models/registry.py) were fitted to XLA's compiled memory analysis of the trainer's step on CPU and rounded
-    down, so the estimate errs low (0.72-1.01 x the compiled figure for the listops cpu configs of every mixer,
-    0.8-1.0 at other sizes; tests/experiments/test_memory.py): it refuses only configs that clearly cannot fit. The
+    ActivationModel, part of its contract in models/registry.py) were fitted to XLA's compiled memory analysis
+    of the trainer's step on CPU and rounded down, so the estimate errs low (0.72-1.01 x the compiled figure for
+    the listops cpu configs of every mixer, 0.8-1.0 at other sizes; tests/experiments/test_memory.py): it refuses
+    only configs that clearly cannot fit. The
     evaluation step (forward only, at train.eval_batch_size) is estimated too (0.5-1.05 x), and the larger of
     the two counts.
   * `check_compiled(compiled)` reads XLA's compiled memory analysis of the jitted step (arguments + outputs -

@@ -235,8 +235,8 @@ def _suggest_value(value: Any, choices: Iterable[Any]) -> str:
 # ------------------------------------------------------------------------------------------------------ ranges
 
 
-# Every numeric key of the schema (base.py and the task files' keys); tests/experiments/test_validation.py checks that none
-# is missing.
+# Every numeric key of the schema (base.py and the task files' keys); tests/experiments/test_validation.py checks
+# that none is missing.
 RANGES: dict[str, Range] = {
     "seed": int_from_zero(MAX_SEED, " (jax.random.key uses 32 bits)"),
     "data.seq_len": int_from_zero(MAX_LENGTH, LENGTH_NOTE),

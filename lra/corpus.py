@@ -249,8 +249,8 @@ def windows(data: np.ndarray, length: int, name: str, *, max_windows: int = 0, w
     keeps that many, evenly spaced (a bounded evaluation)."""
     count = (len(data) - 1) // length
     if count < 1:
-        raise LRADataError(f"{where or 'the corpus'}: the {name} split holds {len(data):,} bytes, fewer than one window "
-                           f"of {length + 1:,} (the training length + 1)")
+        raise LRADataError(f"{where or 'the corpus'}: the {name} split holds {len(data):,} bytes, fewer than one "
+                           f"window of {length + 1:,} (the training length + 1)")
     data = np.asarray(data)
     step = data.strides[0]
     inputs = np.lib.stride_tricks.as_strided(data, shape=(count, length), strides=(length * step, step),
@@ -287,7 +287,8 @@ def _load_lm(spec: TaskSpec, request: DataRequest) -> dict[str, Split]:
 
 def _check_lm(section, context: DataContext):
     if section is None:
-        yield "data.lm", "missing; the LM task needs format, split_seed and max_eval_windows (experiments/configs/lm.py)"
+        yield "data.lm", ("missing; the LM task needs format, split_seed and max_eval_windows "
+                          "(experiments/configs/lm.py)")
         return
     corpus_format = section.get("format")
     if context.source == "builtin" and corpus_format not in (None, CorpusFormat.STDLIB):

@@ -264,6 +264,7 @@ def majority_rate(labels_train: np.ndarray, labels_eval: np.ndarray) -> float:
 # (at the end of the module: the task modules import Split from here)
 
 from lra import listops  # noqa: E402
+
 # One per task and source: a request -> the splits, through the task module's reader or generator.
 
 

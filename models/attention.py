@@ -2,7 +2,8 @@
 
 The other attention mixers build on the base here: models/linear_attention.py ("linear", "performer") and
 models/nystrom.py ("nystrom"). Parameters and wiring only; the math is in ops/attention.py,
-ops/linear_attention.py, ops/performer.py, ops/nystrom.py and ops/position.py. Shapes: B batch, L length, D = d_model, H = num_heads, Kh = D / H.
+ops/linear_attention.py, ops/performer.py, ops/nystrom.py and ops/position.py. Shapes: B batch, L length,
+D = d_model, H = num_heads, Kh = D / H.
 
 Every mixer projects x (B, L, D) to queries, keys and values (B, L, H, Kh) with separate Dense layers
 ("query", "key", "value"), attends per head and projects back with "out". bidirectional=True is full
@@ -44,8 +45,7 @@ from models.param_groups import DEFAULT, NO_DECAY
 from models.registry import ActivationModel, Recipe, SequenceMixer, register_mixer
 from ops import attention as attention_ops
 from ops import position as position_ops
-from ops.normalizers import NORMALIZERS, get_normalizer
-from ops.normalizers import NormalizerName
+from ops.normalizers import NORMALIZERS, NormalizerName, get_normalizer
 
 POSITIONS = ("none", "rope", "rope_bias", "alibi")
 ROPE_SCALINGS = ("none", "ntk", "yarn", "rerope")
@@ -85,7 +85,7 @@ TRANSFORMER_ANCHORS = {
 def transformer_recipes(*, with_position: bool = True) -> dict[str, Recipe]:
     """The LRA Transformer's settings per task, for a mixer with num_heads (and `position`, set to RoPE)."""
     recipes = {}
-    for task, (batch, lr, warmup, steps, layers, heads, emb, mlp, pooling) in TRANSFORMER_ANCHORS.items():
+    for task, (batch, lr, warmup, steps, layers, heads, emb, _mlp, pooling) in TRANSFORMER_ANCHORS.items():
         model = dict(n_layers=layers, d_model=emb, bidirectional=True, norm="layer", residual="prenorm")
         if pooling == "mean":  # CLS pooling: the configured pooling (mean) is used instead
             model["pooling"] = "mean"

@@ -68,6 +68,7 @@ from ops import vq as vq_ops
 from ops import vq_attention as vqa
 from ops.vq_attention import Formulation
 
+
 class Quantizer(enum.StrEnum):
     """How the VQ mixer's codebook learns: EMA k-means, the rotation trick, or SimVQ's linear reparameterisation."""
 

@@ -18,6 +18,7 @@ import ml_collections
 import lra
 from models.registry import mixer_contract, mixer_names
 
+
 def apply_anchor(c: ml_collections.ConfigDict, task: str, mixer: str) -> None:
     """Sets the published accelerator settings of `mixer` on `task`: the Recipe its contract carries
     (models/registry.py; the numbers and their sources are in the mixer's module and docs/anchors.md sections 3

@@ -213,7 +213,8 @@ def test_list_shows_the_new_mixer_and_task(tree):
 
 
 def test_the_new_mixers_own_check_is_a_one_line_error(tree, tmp_path):
-    proc = run(tree, "--config=toy_count:toy_ema-cpu", f"--workdir={tmp_path / 'bad'}", "--config.model.toy_ema.decay=1.5")
+    proc = run(tree, "--config=toy_count:toy_ema-cpu", f"--workdir={tmp_path / 'bad'}",
+               "--config.model.toy_ema.decay=1.5")
     assert_one_line_error(proc, "config.model.toy_ema.decay", "expected a number in [0, 1), got 1.5")
     assert not (tmp_path / "bad").exists()
 

@@ -120,7 +120,8 @@ def _wait_for_checkpoint(proc, workdir, step, timeout=240):
         time.sleep(0.02)
 
 
-@pytest.mark.slow  # the 10-minute test budget: tests/e2e/test_soak.py's CI soak kills (SIGKILL, SIGTERM) and resumes bitwise too
+# Slow (the 10-minute test budget): tests/e2e/test_soak.py's CI soak kills (SIGKILL, SIGTERM) and resumes bitwise.
+@pytest.mark.slow
 def test_sigkill_and_sigterm_then_restart_match_the_uninterrupted_run(tmp_path):
     cache = str(tmp_path / "cache")
     steps = {"train.num_steps": 60, "train.checkpoint_every": 3, "train.eval_every": 30, "train.log_every": 10}

@@ -251,7 +251,8 @@ def test_trace_reports_what_only_the_mixers_setup_checks(monkeypatch):
         def __call__(self, x, *, mask=None, deterministic=True):
             return x
 
-    monkeypatch.setitem(registry._CONTRACTS, "picky", registry.make_contract("picky", PickyMixer))  # restored after the test
+    # monkeypatch restores the registry after the test
+    monkeypatch.setitem(registry._CONTRACTS, "picky", registry.make_contract("picky", PickyMixer))
     config = listops_config.get_config()
     config.model.mixer = "picky"
     config.model.picky = ml_collections.ConfigDict(dict(strict=False))
