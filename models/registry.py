@@ -134,7 +134,8 @@ class Recipe:
     model: config.model keys (n_layers, d_model, dropout, bidirectional, norm, residual, pooling);
     options: the mixer's own options; optim: config.optim keys; batch_size; the length of the run, either
     num_steps or epochs (turned into steps with the task's training-set size); warmup_fraction of the run;
-    source: where the numbers come from.
+    data: config.data keys the recipe fixes (e.g. the training length and corpus of a language model; nested
+    dicts update the nested sections); source: where the numbers come from.
     """
 
     model: Mapping[str, Any]
@@ -144,6 +145,7 @@ class Recipe:
     num_steps: int | None = None
     epochs: int | None = None
     warmup_fraction: float | None = 0.1  # None: one epoch
+    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     source: str = ""
 
     def steps(self, train_size: int) -> int:

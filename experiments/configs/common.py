@@ -40,6 +40,16 @@ def apply_anchor(c: ml_collections.ConfigDict, task: str, mixer: str) -> None:
     c.train.eval_every = max(steps // 50, 100)
     c.train.checkpoint_every = c.train.eval_every
     c.train.log_every = 100
+    _update_nested(c.data, recipe.data)
+
+
+def _update_nested(section: ml_collections.ConfigDict, values) -> None:
+    """section.update(values), except that a dict value updates the nested section of that name."""
+    for key, value in values.items():
+        if isinstance(value, dict) and key in section:
+            _update_nested(section[key], value)
+        else:
+            section[key] = value
 
 
 def apply_cpu_budget(c: ml_collections.ConfigDict, mixer: str) -> None:

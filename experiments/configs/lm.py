@@ -2,6 +2,9 @@
 
     --config=lm                    the default ("cpu"): a small causal LRU on the Python standard library's source
     --config=lm:softmax-cpu        the same budget with another causal mixer
+    --config=lm:vq --config.data.data_dir=DIR
+                                   Transformer-VQ's published enwik8 settings (accelerators; models/vq.py), on the
+                                   official enwik8 file (python -m lra.download enwik8 --data_dir=DIR)
     --config=lm --config.data.source=files --config.data.lm.format=enwik8 --config.data.data_dir=DIR
                                    the official enwik8 file (also text8, pg19, textdir: any folder of .txt files)
 
@@ -21,7 +24,8 @@ from experiments.configs.base import base_config
 
 
 def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
-    """The config of `variant`: "cpu" (default, an LRU) or "<mixer>-cpu" (any causal mixer)."""
+    """The config of `variant`: "cpu" (default, an LRU), "<mixer>-cpu" (any causal mixer) or "<mixer>" (a mixer
+    with a published LM recipe: vq)."""
     mixer, cpu = common.parse_variant(variant)
     c = base_config()
     c.task = "lm"
@@ -29,8 +33,9 @@ def get_config(variant: str = "cpu") -> ml_collections.ConfigDict:
     c.data.seq_len = lra.corpus.LM_TRAIN_LENGTH
     c.data.lm = ml_collections.ConfigDict(dict(format="stdlib", split_seed=0, max_eval_windows=512))
     if not cpu:
-        raise ValueError(f"variant {variant!r}: the lm task has no published accelerator recipe here yet; use "
-                         f"'{mixer}-cpu'")
+        common.apply_anchor(c, "lm", mixer)  # the mixer's published LM recipe (e.g. vq: Transformer-VQ on enwik8)
+        c.train.eval_batch_size = c.train.batch_size
+        return c
     common.apply_cpu_budget(c, mixer)
     c.model.norm = "layer"
     c.model.d_model, c.model.n_layers = 128, 3

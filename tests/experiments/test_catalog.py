@@ -114,3 +114,18 @@ def test_tasks_without_a_config_file_are_reachable(text):
         config = importlib.import_module("experiments.configs.image").get_config("cpu")
         config.task = name
         validation.validate_config(config)
+
+
+def test_lm_accelerator_variant_is_transformer_vq_on_enwik8():
+    """--config=lm:vq takes the Recipe in models/vq.py through apply_anchor, data section included."""
+    from experiments.configs import lm
+
+    assert "vq" in catalog.variants("lm") and "lru" not in catalog.variants("lm")  # only vq has an LM recipe
+    c = lm.get_config("vq")
+    assert (c.data.source, c.data.seq_len, c.data.lm.format) == ("files", 2048, "enwik8")
+    assert c.data.lm.split_seed == 0  # the nested update keeps the keys the recipe does not set
+    assert (c.model.mixer, c.model.n_layers, c.model.d_model, c.model.norm, c.model.bidirectional) == (
+        "vq", 48, 768, "layer", False)
+    assert (c.model.vq.key_dim, c.model.vq.codebook_size, c.model.vq.block_len) == (128, 512, 512)
+    assert (c.optim.lr, c.optim.weight_decay, c.optim.clip_norm, c.optim.warmup_steps) == (4e-4, 2e-4, 0.1, 10_000)
+    assert (c.train.batch_size, c.train.num_steps) == (128, 125_000)
