@@ -61,6 +61,12 @@ class CorpusFormat(enum.StrEnum):
     TEXTDIR = "textdir"
 
 
+def _download_hint(name: str, data_dir: str) -> str:
+    from lra.download import download_hint  # here: `python -m lra.download` imports lra (and so this module) first
+
+    return download_hint(name, data_dir)
+
+
 def _standard_file(data_dir: str, name: str, cache_dir: str) -> np.ndarray:
     """enwik8 / text8: the raw file mapped in place, or the member of its .zip extracted once into the cache."""
     raw, packed = os.path.join(data_dir, name), os.path.join(data_dir, f"{name}.zip")
@@ -72,8 +78,8 @@ def _standard_file(data_dir: str, name: str, cache_dir: str) -> np.ndarray:
         if not os.path.exists(raw):
             _extract(packed, name, raw)
     elif not os.path.lexists(raw):
-        raise LRADataError(f"{data_dir}: expected the official file {name!r} or {name + '.zip'!r} in it; download it "
-                           f"with: python -m lra.download {name} --data_dir=DIR")
+        raise LRADataError(f"{data_dir}: expected the official file {name!r} or {name + '.zip'!r} in it; "
+                           f"{_download_hint(name, data_dir)}")
     size = check_regular(raw, f"the official {name} file").st_size
     if size != ENWIK8_BYTES:
         raise LRADataError(f"{raw}: expected the official {name} file of {ENWIK8_BYTES:,} bytes, found {size:,} bytes "
@@ -229,7 +235,7 @@ def load_corpus(corpus_format: str, data_dir: str, cache_dir: str, *, split_seed
             path = os.path.join(data_dir, folder)
             if not os.path.isdir(path):
                 raise LRADataError(f"{data_dir}: expected the PG-19 layout (train/, validation/, test/ folders of .txt "
-                                   f"books); {folder}/ is missing")
+                                   f"books); {folder}/ is missing; {_download_hint('pg19', data_dir)}")
             groups[split] = _text_files(path, ".txt")
             if not groups[split]:
                 raise LRADataError(f"{path}: no .txt books in it")

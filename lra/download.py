@@ -1,6 +1,10 @@
 """Download the official data of a task and unpack it into the layout the readers expect.
 
-    python -m lra.download TASK [TASK ...] --data_dir=DIR [--mirror=URL] [--retries=4] [--no_progress]
+    python -m lra.download TARGET [TARGET ...] --data_dir=DIR [--mirror=URL] [--retries=4] [--no_progress]
+    python -m lra.download --list           every target, what it fetches, its size and licence
+
+A TARGET is a task below or a corpus of the LM task (enwik8, text8, pg19: lra/download_corpora.py, which also
+has their flags --splits, --max_files and --jobs).
 
 Tasks and what they fetch (origins, sizes and licences: WORKSPACE.md, "Data"):
 
@@ -36,7 +40,7 @@ is then fetched from `URL/<mirror path>`, with the mirror paths of `RESOURCES` (
 `aclImdb_v1.tar.gz`, `cifar-10-python.tar.gz`, `mnist/<file>`, `fashion-mnist/<file>`). URL may be http(s),
 file:, or a local directory.
 
-`command_for(task)` is the download command line of a task; the readers' "not found" errors include it
+`command_for(target)` is the download command line of a task or corpus; the readers' "not found" errors include it
 (`download_hint`).
 """
 
@@ -207,10 +211,28 @@ TASKS: dict[str, TaskData] = {
 # Command lines.
 
 
+def _corpora():
+    from lra import download_corpora  # imported here: it imports this module
+
+    return download_corpora.CORPORA
+
+
+def _targets_text() -> str:
+    return f"tasks: {', '.join(TASKS)}; corpora: {', '.join(_corpora())}"
+
+
+def _target_directory(target: str) -> str | None:
+    """Where `target` is unpacked, relative to --data_dir; None when it is no download target."""
+    if target in TASKS:
+        return TASKS[target].directory
+    corpus = _corpora().get(target)
+    return corpus.directory if corpus else None
+
+
 def command_for(task: str, data_dir: str = "DIR") -> str:
-    """The command line that downloads `task`'s official files into `data_dir`."""
-    if task not in TASKS:
-        raise ValueError(f"no download for task {task!r}; tasks: {', '.join(TASKS)}")
+    """The command line that downloads the official files of `task` (a task or a corpus) into `data_dir`."""
+    if _target_directory(task) is None:
+        raise ValueError(f"no download for task {task!r}; {_targets_text()}")
     return f"python -m lra.download {task} --data_dir={shlex.quote(data_dir)}"
 
 
@@ -221,12 +243,13 @@ def download_hint(task: str, data_dir: str | None = None, *, alternatives: Seque
     module writes (e.g. `/data/aclImdb` -> `/data`); otherwise it is the placeholder DIR. `alternatives` names
     other tasks the same command serves with another TASK (e.g. fashion_mnist for the IDX reader).
     """
-    if task not in TASKS:
+    directory = _target_directory(task)
+    if directory is None:
         return ""
     root = "DIR"
     if data_dir:
         normalized = os.path.normpath(data_dir)
-        suffix = os.path.normpath(TASKS[task].directory)
+        suffix = os.path.normpath(directory)
         if normalized == suffix:
             root = "."
         elif normalized.endswith(os.sep + suffix):
@@ -281,7 +304,7 @@ def _file_digests(path: str, names: Iterable[str]) -> dict[str, str]:
 
 
 def verify(path: str, resource: Resource, *, shown_as: str | None = None) -> None:
-    """Check `path` against the resource's published sha256 and md5 (whichever are known).
+    """Check `path` against the resource's published sha256 and md5 (whichever are known), then its size.
 
     On a mismatch the file is moved to `<shown_as>.bad` (shown_as: the final name, default `path`) and
     DownloadError names the file and both digests.
@@ -296,6 +319,12 @@ def verify(path: str, resource: Resource, *, shown_as: str | None = None) -> Non
             os.replace(path, bad)
             raise DownloadError(f"{target}: {name} mismatch: expected {value}, got {found[name]} (the file was "
                                 f"moved to {bad}; run the command again to download it afresh)")
+    size = os.path.getsize(path)
+    if resource.size is not None and size != resource.size:  # the check left when no digest is published
+        target = shown_as or path
+        os.replace(path, target + ".bad")
+        raise DownloadError(f"{target}: {size:,} bytes, expected {resource.size:,} (the file was moved to "
+                            f"{target}.bad; run the command again to download it afresh)")
 
 
 def _content_range(header: str | None) -> tuple[int | None, int | None]:
@@ -671,29 +700,97 @@ def _prepare_locked(tasks: list[str], data_dir: str, mirror: str | None, retries
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, with the tasks, exit status 2 (argparse prints usage too)
-        self.exit(2, f"{self.prog}: error: {message}; tasks: {', '.join(TASKS)}\n")
+    def error(self, message: str):  # one line, with the targets, exit status 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}; {_targets_text()}\n")
+
+
+def _size_text(size: int) -> str:
+    return f"{size:,} bytes"
+
+
+# Licences for --list (WORKSPACE.md, "Data", names the sources); keyed by a task's archive or first file.
+_LICENCES = {
+    "lra_release": "none stated for the data (LRA's code: Apache-2.0); cite LRA and its sources",
+    "aclImdb": "none stated; cite Maas et al., ACL 2011",
+    "cifar10": "none stated; cite Krizhevsky, 2009",
+    "mnist/train-images": "CC BY-SA 3.0 (LeCun and Cortes)",
+    "fashion_mnist/train-images": "MIT (Zalando SE)",
+}
+
+
+def target_listing() -> list[str]:
+    """The lines of --list: every target, what it fetches, the download size and the licence."""
+    rows = []
+    for task, spec in TASKS.items():
+        key = spec.archive or spec.files[0]
+        keys = [spec.archive] if spec.archive else list(spec.files)
+        sizes = [RESOURCES[k].size for k in keys]
+        size = (_size_text(sum(sizes)) if None not in sizes else
+                "about 7.7 GB, shared by listops, retrieval, pathfinder, pathx")
+        rows.append((task, ", ".join(RESOURCES[k].name for k in keys), size, _LICENCES.get(key, "")))
+    for name, corpus in _corpora().items():
+        fetches = corpus.archive.name if corpus.archive else "deepmind-gutenberg/{train,validation,test}/*.txt"
+        rows.append((name, fetches, corpus.size, corpus.licence))
+    width = max(len(row[0]) for row in rows) + 2
+    lines = []
+    for target, fetches, size, licence in rows:
+        lines += [f"{target:<{width}}{fetches}", f"{'':<{width}}size: {size}", f"{'':<{width}}licence: {licence}"]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Download the official files of one or more tasks and print the training commands."""
+    """Download the official files of tasks or LM corpora and print the training commands."""
+    from lra import download_corpora as corpora
+
     parser = _Parser(prog="python -m lra.download", description=main.__doc__)
-    parser.add_argument("tasks", nargs="+", metavar="TASK", help=f"one or more of: {', '.join(TASKS)}")
-    parser.add_argument("--data_dir", required=True, help="root directory for the downloads and the unpacked data")
+    parser.add_argument("tasks", nargs="*", metavar="TARGET",
+                        help=f"one or more of: {', '.join([*TASKS, *corpora.CORPORA])}")
+    parser.add_argument("--data_dir", help="root directory for the downloads and the unpacked data (required)")
+    parser.add_argument("--list", action="store_true", help="list the targets (what, size, licence) and exit")
     parser.add_argument("--mirror", default=os.environ.get(MIRROR_ENV) or None,
                         help=f"base URL (or directory) replacing the official hosts (default: ${MIRROR_ENV})")
     parser.add_argument("--retries", type=int, default=4,
                         help="retries of a transfer that makes no progress (default 4)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--splits", default=None,
+                        help=f"pg19 only: the splits, comma-separated (default {','.join(corpora.PG19_SPLITS)})")
+    parser.add_argument("--max_files", type=int, default=0, help="pg19 only: the first N books of each split (0: all)")
+    parser.add_argument("--jobs", type=int, default=8, help="pg19 only: books fetched at once (default 8)")
     args = parser.parse_args(argv)
-    unknown = [task for task in args.tasks if task not in TASKS]
+    if args.list:
+        print("\n".join(target_listing()), flush=True)
+        return 0
+    if not args.tasks:
+        parser.error("the following arguments are required: TARGET (or --list)")
+    if args.data_dir is None:
+        parser.error("the following arguments are required: --data_dir")
+    unknown = [task for task in args.tasks if task not in TASKS and task not in corpora.CORPORA]
     if unknown:
         parser.error(f"unknown task {unknown[0]!r}")
     if args.retries < 0:
         parser.error(f"--retries must be >= 0, got {args.retries}")
+    splits = [split for split in (args.splits or ",".join(corpora.PG19_SPLITS)).split(",") if split]
+    wrong = [split for split in splits if split not in corpora.PG19_SPLITS]
+    if wrong or not splits:
+        parser.error(f"--splits={args.splits!r}: expected a comma-separated subset of "
+                     f"{','.join(corpora.PG19_SPLITS)}")
+    if args.max_files < 0:
+        parser.error(f"--max_files must be >= 0 (0: every book), got {args.max_files}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    pg19_flags = [flag for flag, used in (("--splits", args.splits is not None), ("--max_files", args.max_files),
+                                          ("--jobs", args.jobs != 8)) if used]
+    if pg19_flags and "pg19" not in args.tasks:
+        parser.error(f"{pg19_flags[0]} applies to the pg19 target only")
+    tasks = [task for task in dict.fromkeys(args.tasks) if task in TASKS]
+    names = [task for task in dict.fromkeys(args.tasks) if task in corpora.CORPORA]
     try:
-        commands = prepare(args.tasks, args.data_dir, mirror=args.mirror, retries=args.retries,
-                           progress=not args.no_progress)
+        commands = dict(zip(tasks, prepare(tasks, args.data_dir, mirror=args.mirror, retries=args.retries,
+                                           progress=not args.no_progress))) if tasks else {}
+        if names:
+            commands.update(corpora.prepare(names, args.data_dir, mirror=args.mirror, retries=args.retries,
+                                            progress=not args.no_progress, splits=splits,
+                                            max_files=args.max_files, jobs=args.jobs))
     except DownloadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -705,8 +802,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     _say("train with:")
-    for command in commands:
-        print(command, flush=True)
+    for target in dict.fromkeys(args.tasks):
+        if commands.get(target):
+            print(commands[target], flush=True)
     return 0
 
 
