@@ -23,6 +23,7 @@ import sys
 import tarfile
 import threading
 import urllib.parse
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -115,6 +116,8 @@ class FixtureServer:
 
     script[path]: actions for the next requests of `path`, one per request: ("drop", n) sends the headers of the
     whole answer but only n bytes of its body, then closes the connection; ("status", code) answers with an error.
+    routes[path]: a function of the parsed query string returning a generated body (an API such as a bucket
+    listing); such requests are logged with their query string.
     """
 
     def __init__(self, files: dict[str, bytes]) -> None:
@@ -122,14 +125,26 @@ class FixtureServer:
         self.requests: list[tuple[str, str | None]] = []
         self.honour_range = True
         self.script: dict[str, list[tuple[str, int]]] = {}
+        self.routes: dict[str, Callable[[dict[str, list[str]]], bytes]] = {}
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (the http.server API)
-                path = urllib.parse.unquote(self.path)
+                raw_path, _, query = self.path.partition("?")
+                path = urllib.parse.unquote(raw_path)
                 requested = self.headers.get("Range")
-                server.requests.append((path, requested))
+                server.requests.append((f"{path}?{query}" if query else path, requested))
                 action = server.script[path].pop(0) if server.script.get(path) else None
+                if path in server.routes:
+                    if action and action[0] == "status":
+                        self.send_error(action[1])
+                        return
+                    body = server.routes[path](urllib.parse.parse_qs(query))
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 if path not in server.files:
                     self.send_error(404)
                     return
@@ -161,7 +176,8 @@ class FixtureServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # Polled every 50 ms (default 0.5 s), so that close() at each test's end takes no noticeable time.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def paths(self) -> list[str]:
