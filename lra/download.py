@@ -4,7 +4,7 @@
     python -m lra.download --list           every target, what it fetches, its size and licence
 
 A TARGET is a task below or a corpus of the LM task (enwik8, text8, pg19: lra/download_corpora.py, which also
-has their flags --splits, --max_files and --jobs).
+describes their flags --splits, --max_files and --jobs); lra/download_cli.py is the command line.
 
 Tasks and what they fetch (origins, sizes and licences: WORKSPACE.md, "Data"):
 
@@ -37,8 +37,10 @@ on stdout, the training command of each task (`train_command`); progress and mes
 
 `--mirror=URL` (or the environment variable LRA_MIXERS_DOWNLOAD_MIRROR) replaces the official hosts: every file
 is then fetched from `URL/<mirror path>`, with the mirror paths of `RESOURCES` (`lra_release.gz`,
-`aclImdb_v1.tar.gz`, `cifar-10-python.tar.gz`, `mnist/<file>`, `fashion-mnist/<file>`). URL may be http(s),
-file:, or a local directory.
+`aclImdb_v1.tar.gz`, `cifar-10-python.tar.gz`, `mnist/<file>`, `fashion-mnist/<file>`; the corpora's:
+`enwik8.zip`, `text8.zip`, `deepmind-gutenberg/<split>/<id>.txt`). URL may be http(s), file:, or a local directory.
+A known size is checked too (after the digests): the only check of the corpora's zips, for which no digest is
+published.
 
 `command_for(target)` is the download command line of a task or corpus; the readers' "not found" errors include it
 (`download_hint`).
