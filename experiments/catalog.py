@@ -27,6 +27,8 @@ LENGTH_NOTE = "0 = the task's length"
 
 def listing() -> str:
     """The catalog as plain text: about 130 lines of at most WIDTH characters, no trailing newline."""
+    for module in validation.task_config_modules():  # a config file registers its task (e.g. the recall tasks)
+        importlib.import_module(module)
     return "\n".join(_task_lines() + [""] + _mixer_lines() + [""] + _config_lines())
 
 
@@ -75,15 +77,24 @@ def format_value(value: Any) -> str:
 
 
 def _input_kind(spec: lra.TaskSpec) -> str:
-    kind = f"pixels 0..{spec.vocab_size - 1}" if not spec.padded else f"tokens, vocab {spec.vocab_size}"
+    pixels = not spec.padded and not spec.causal  # a causal task's windows are unpadded tokens (bytes)
+    kind = f"pixels 0..{spec.vocab_size - 1}" if pixels else f"tokens, vocab {spec.vocab_size}"
     return kind + (", dual input" if spec.dual_input else "")
 
 
 def _data_source(name: str) -> list[str]:
     """The data column, and for file tasks the download command on a line of its own."""
-    if "generated" in lra.get_task(name).sources:
-        return ["generated, or data.source=files"]
-    return ["official files", f"download: python -m lra.download {name} --data_dir=DIR"]
+    spec = lra.get_task(name)
+    files = "files" in spec.sources
+    if "generated" in spec.sources or "builtin" in spec.sources:
+        first = ("generated" if "generated" in spec.sources else "built-in") + (", or data.source=files" if files
+                                                                                 else "")
+    else:
+        first = "official files"
+    more = [f"download: python -m lra.download {spec.download} --data_dir=DIR"] if spec.download else []
+    if files and not spec.download and spec.reads:
+        more.append(f"files: {spec.reads}")
+    return [first] + more
 
 
 def _task_lines() -> list[str]:
@@ -95,7 +106,7 @@ def _task_lines() -> list[str]:
         spec = lra.get_task(name)
         data, *more = _data_source(name)
         lines.append(f"  {name:<{width}}{spec.seq_len:>6}  {spec.num_classes:>7}  {_input_kind(spec):<30}{data}")
-        lines += [f"{INDENT}  {line}" for line in more]
+        lines += [wrapped for line in more for wrapped in _wrap(line, INDENT + "  ")]
     lines += _wrap("Files are read from --config.data.data_dir=DIR (layouts: WORKSPACE.md, Data). Generated data "
                    "are cached under --config.data.cache_dir (default ~/.cache/lra-mixers). Pixel tasks are "
                    "never padded.", "  ")
@@ -166,7 +177,10 @@ def _cpu_summary(task: str) -> str:
     length = config.data.seq_len or lra.get_task(config.task).seq_len
     return (f"{config.model.mixer}, width {config.model.d_model} x {config.model.n_layers} layers, "
             f"{config.train.num_steps} steps of batch {config.train.batch_size}, length {length}, "
-            f"{'generated data' if config.data.source == 'generated' else 'official files'}")
+            f"{DATA_SOURCE_WORDS.get(config.data.source, config.data.source)}")
+
+
+DATA_SOURCE_WORDS = {"generated": "generated data", "files": "official files", "builtin": "built-in corpus"}
 
 
 def _config_lines() -> list[str]:

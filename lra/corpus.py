@@ -308,7 +308,8 @@ def _check_lm(section, context: DataContext):
 register_task(TaskSpec(
     name="lm", seq_len=LM_TRAIN_LENGTH, vocab_size=256, num_classes=256, head=HeadKind.PER_POSITION, causal=True,
     padded=False, fixed_length=False, loaders={"builtin": _load_lm, "files": _load_lm}, metrics=("accuracy", "bpb"),
-    reads="the corpus of data.lm.format (enwik8 / text8 file, PG-19 folders, or .txt files)", data_section="lm",
+    reads="the corpus of data.lm.format (enwik8 / text8 file, PG-19 folders, or .txt files; "
+          "python -m lra.download enwik8|text8|pg19)", data_section="lm",
     data_ranges={"split_seed": (0, 2**32 - 1), "max_eval_windows": (0, 10_000_000)},
     data_choices={"format": tuple(f.value for f in CorpusFormat)}, check_data=_check_lm,
     description="byte-level causal language modelling: next-byte prediction on a corpus (lra.corpus)"))
