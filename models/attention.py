@@ -15,10 +15,13 @@ Shared options (fields of every mixer):
   position: "none" (NoPE), "rope", "rope_bias" (RoPE of q + b_q and k + b_k with learnable biases b_q, b_k
     (H Kh,), initialised at zero, docs/methods.md section 8), "alibi" (softmax and blockwise only).
   rope_base: RoPE base (10000).
-  rope_scaling: length extrapolation of RoPE: "none", "ntk" (base * s^(Kh/(Kh-2))), "yarn" (per-frequency
-    ramp, q and k times 1 + 0.1 ln s); the softmax mixer also takes "rerope" (needs rerope_window).
-  rope_scale: s = L_test / L_train for "ntk" and "yarn" (1 = no change).
-  train_length: L_train; needed by "yarn" and by logn_scaling.
+  rope_scaling: length extrapolation of RoPE (docs/methods.md section 14): "none", "ntk" (fixed NTK: base *
+    s^(Kh/(Kh-2))), "ntk_mixed" (NTK-RoPE-mixed: theta_i / s^(((i+1)/(Kh/2))^0.75)), "yarn" (per-frequency
+    ramp, q and k times 1 + 0.1 ln s); the softmax mixer also takes "rerope" (needs rerope_window) and
+    "ntk_dynamic" (each query, and the keys it scores, at NTK scale max(1, (position + 1) / train_length):
+    decoding token by token with re-rotated keys, computed in parallel).
+  rope_scale: s = L_test / L_train for "ntk", "ntk_mixed" and "yarn" (1 = no change).
+  train_length: L_train; needed by "yarn", "ntk_dynamic" and by logn_scaling.
   logn_scaling: multiply a query's scores by max(1, ln n / ln L_train), n = the number of keys it sees
     (causal: its position + 1; bidirectional: the number of real tokens) -- by scaling the query.
   init_scale: DeepNorm's beta, applied to the value and output projection initialisers only (never query and
@@ -48,7 +51,8 @@ from ops import position as position_ops
 from ops.normalizers import NORMALIZERS, NormalizerName, get_normalizer
 
 POSITIONS = ("none", "rope", "rope_bias", "alibi")
-ROPE_SCALINGS = ("none", "ntk", "yarn", "rerope")
+ROPE_SCALINGS = ("none", "ntk", "ntk_mixed", "yarn", "rerope", "ntk_dynamic")
+_NEED_TRAIN_LENGTH = ("yarn", "ntk_dynamic")
 
 
 
@@ -124,9 +128,12 @@ def check_attention(values, context, ok):
             yield "rerope_window", "rope_scaling='rerope' needs rerope_window >= 1"
     if ok("rerope_leak") and values["rerope_leak"] != 0 and values["rerope_leak"] <= 1:
         yield "rerope_leak", f"expected 0 (ReRoPE) or a number > 1 (leaky ReRoPE), got {values['rerope_leak']}"
-    if ok("train_length") and (values.get("rope_scaling") == "yarn" or values.get("logn_scaling")) \
-            and values["train_length"] <= 1:
-        yield "train_length", "rope_scaling='yarn' and logn_scaling need train_length > 1 (the training length)"
+    if ok("train_length") and values["train_length"] <= 1:
+        needs = [f"rope_scaling={values.get('rope_scaling')!r}"] * (values.get("rope_scaling") in _NEED_TRAIN_LENGTH)
+        needs += ["logn_scaling"] * bool(values.get("logn_scaling"))
+        if needs:
+            yield "train_length", (f"{' and '.join(needs)} need{'s' * (len(needs) == 1)} train_length > 1 (the "
+                                   f"training length), got {values['train_length']}")
     if ok("value_conv_kernel") and values["value_conv_kernel"] and values["value_conv_kernel"] % 2 == 0:
         yield "value_conv_kernel", f"expected 0 (off) or an odd int, got {values['value_conv_kernel']}"
 
@@ -151,7 +158,7 @@ class _MultiHeadMixer(SequenceMixer):
     param_dtype: Any = jnp.float32
 
     supported_positions: ClassVar[tuple[str, ...]] = ("none", "rope", "rope_bias")
-    supported_rope_scalings: ClassVar[tuple[str, ...]] = ("none", "ntk", "yarn")
+    supported_rope_scalings: ClassVar[tuple[str, ...]] = ("none", "ntk", "ntk_mixed", "yarn")
 
     @property
     def head_dim(self) -> int:
@@ -189,9 +196,10 @@ class _MultiHeadMixer(SequenceMixer):
             )
         if self.rope_scale < 1.0:
             raise ValueError(f"{name}: rope_scale (L_test / L_train) must be >= 1, got {self.rope_scale}")
-        if (self.rope_scaling == "yarn" or self.logn_scaling) and self.train_length <= 1:
+        if (self.rope_scaling in _NEED_TRAIN_LENGTH or self.logn_scaling) and self.train_length <= 1:
             raise ValueError(
-                f"{name}: rope_scaling='yarn' and logn_scaling need train_length > 1, got {self.train_length}"
+                f"{name}: rope_scaling={self.rope_scaling!r} / logn_scaling need train_length > 1, got "
+                f"{self.train_length}"
             )
 
     def _setup_projections(self) -> None:
@@ -231,6 +239,8 @@ class _MultiHeadMixer(SequenceMixer):
         if self.rope_scaling == "ntk":
             base = position_ops.ntk_scaled_base(self.rope_base, self.rope_scale, self.head_dim)
             return position_ops.rope_frequencies(self.head_dim, base)
+        if self.rope_scaling == "ntk_mixed":
+            return position_ops.ntk_mixed_frequencies(self.head_dim, self.rope_scale, self.rope_base)
         if self.rope_scaling == "yarn":
             return position_ops.yarn_frequencies(
                 self.head_dim, scale=self.rope_scale, train_length=self.train_length, base=self.rope_base
@@ -380,7 +390,15 @@ class SoftmaxAttention(_KeyValueCacheMixer):
         self, q: jax.Array, k: jax.Array, q_positions: jax.Array, k_positions: jax.Array
     ) -> jax.Array:
         """Scores (B, H, Lq, Lk) of unrotated q (B, Lq, H, Kh) and k (B, Lk, H, Kh) at the given positions."""
-        if self.rope_scaling == "rerope":
+        if self.rope_scaling == "ntk_dynamic":  # each query's own frequencies, for it and every key it scores
+            q_bias, k_bias = self._rope_biases()
+            frequencies = position_ops.ntk_dynamic_frequencies(
+                self.head_dim, q_positions, self.train_length, self.rope_base
+            )
+            logits = position_ops.rope_logits_per_query(
+                q, k, frequencies, q_positions=q_positions, k_positions=k_positions, q_bias=q_bias, k_bias=k_bias
+            )
+        elif self.rope_scaling == "rerope":
             q_bias, k_bias = self._rope_biases()
             logits = position_ops.rerope_logits(
                 q,
@@ -445,7 +463,7 @@ class BlockwiseAttention(_KeyValueCacheMixer):
     the forward and backward passes; same outputs as "softmax".
 
     Attributes: block_size (query and key block length), max_decode_len (cache for `step`).
-    Positions: none, rope, rope_bias, alibi (built per block from the slopes); rope_scaling none/ntk/yarn.
+    Positions: none, rope, rope_bias, alibi (built per block from the slopes); rope_scaling none/ntk/ntk_mixed/yarn.
     """
 
     block_size: int = 128

@@ -13,7 +13,13 @@ theta_i = base^(-2i/K), i < K/2 (interleaved pairs, as in RoFormer and docs/meth
 
 Length extrapolation (docs/methods.md section 14), s = L_test / L_train the scale factor:
 
-* NTK-aware scaling: base' = base * s^(K / (K - 2)).
+* NTK-aware scaling ("fixed" NTK): base' = base * s^(K / (K - 2)).
+* Dynamic NTK: the same base change with the scale of the current length, s(p) = max(1, (p + 1) / L_train) for
+  a query at position p, applied to that query and to every key it scores (`ntk_dynamic_frequencies`,
+  `rope_logits_per_query`): what decoding token by token with an unrotated key cache computes. Within the
+  training length it is plain RoPE; scaling once per forward by the window length would equal fixed NTK.
+* Mixed NTK (NTK-RoPE-mixed): theta_i' = theta_i / s^(((i + 1) / (K/2))^b), b = 0.75: a per-frequency factor
+  that grows with i, near 1 for the highest frequency and exactly s for the lowest (`ntk_mixed_frequencies`).
 * YaRN: theta_i' = (gamma_i + (1 - gamma_i) / s) theta_i with a ramp gamma_i in the number of rotations
   r_i = theta_i L_train / (2 pi) (gamma = 0 below beta_slow rotations, 1 above beta_fast), and the scores
   multiplied by (1 + 0.1 ln s)^2, i.e. q and k each multiplied by `yarn_attention_factor(s)` = 1 + 0.1 ln s.
@@ -55,6 +61,46 @@ def ntk_scaled_base(base: float, scale: float, head_dim: int) -> float:
     if scale <= 1.0:
         return float(base)
     return float(base) * scale ** (head_dim / (head_dim - 2))
+
+
+def ntk_mixed_frequencies(head_dim: int, scale: float, base: float = 10000.0, exponent: float = 0.75) -> jax.Array:
+    """NTK-RoPE-mixed frequencies (K/2,): theta_i / lambda_i with lambda_i = s^(((i + 1) / (K/2))^b).
+
+    docs/methods.md section 14. In the post's 1-based digit index m = i + 1, lambda_m = exp(a m^b) with
+    a = ln(s) / (K/2)^b, so the lowest frequency (m = K/2) is interpolated by exactly s (as fixed NTK does) and
+    the factor falls towards 1 for the high frequencies (lambda_1 = s^((2/K)^b), not exactly 1). b = exponent
+    (0.75 in the author's patch; b = 1 gives a geometric ramp). s <= 1 returns plain RoPE.
+    """
+    if not exponent > 0:
+        raise ValueError(f"NTK-mixed exponent b must be > 0, got {exponent}")
+    theta = rope_frequencies(head_dim, base)
+    if scale <= 1.0:
+        return theta
+    digits = jnp.arange(1, head_dim // 2 + 1, dtype=jnp.float32) / (head_dim // 2)  # m / (K/2), in (0, 1]
+    return theta * jnp.exp(-math.log(scale) * digits**exponent)
+
+
+def ntk_dynamic_frequencies(
+    head_dim: int, positions: jax.Array, train_length: int, base: float = 10000.0
+) -> jax.Array:
+    """Dynamic NTK frequencies (..., K/2) for queries at `positions` (...,): NTK-aware RoPE at s(p).
+
+    s(p) = max(1, (p + 1) / L_train) is the scale of the length seen so far, and theta_i(p) = base'(p)^(-2i/K)
+    with base'(p) = base * s(p)^(K / (K - 2)), i.e. theta_i * s(p)^(-2i / (K - 2)). Positions p < L_train get
+    plain RoPE. Use the row of a query for it *and* for every key it scores (`rope_logits_per_query`): keys
+    rotated once with their own position's frequencies would break the relative-position property.
+    """
+    _check_head_dim(head_dim)
+    if head_dim <= 2:
+        raise ValueError(f"NTK scaling needs K > 2, got K={head_dim}")
+    if train_length <= 0:
+        raise ValueError(f"dynamic NTK needs the training length (> 0), got {train_length}")
+    theta = rope_frequencies(head_dim, base)
+    compute = jnp.promote_types(jnp.asarray(positions).dtype, jnp.float32)
+    p = jnp.asarray(positions).astype(compute)
+    scale = jnp.maximum(1.0, (p + 1.0) / train_length)[..., None]
+    exponents = jnp.arange(0, head_dim // 2, dtype=compute) * (2.0 / (head_dim - 2))
+    return theta.astype(compute) * scale ** (-exponents)
 
 
 def yarn_frequencies(
@@ -134,6 +180,64 @@ def apply_rope(
     even, odd = pairs[..., 0], pairs[..., 1]
     rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
     return rotated.reshape(xc.shape).astype(x.dtype)
+
+
+def rope_logits_per_query(
+    q: jax.Array,
+    k: jax.Array,
+    frequencies: jax.Array,
+    *,
+    q_positions: jax.Array | None = None,
+    k_positions: jax.Array | None = None,
+    q_bias: jax.Array | None = None,
+    k_bias: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    """Scores (B, H, Lq, Lk) of RoPE whose frequencies belong to the query: row i uses frequencies[i] for q_i and
+    for every key, <R_i(theta(i)) q_i, R_j(theta(i)) k_j> = q_i^T R_{j-i}(theta(i)) k_j (dynamic NTK).
+
+    Per pair p and with phi = (j - i) theta_p(i) (interleaved pairs e = x[2p], o = x[2p+1], as in `apply_rope`):
+    (q_e k_e + q_o k_o) cos phi + (q_o k_e - q_e k_o) sin phi, summed over p. With the same frequencies in every
+    row this equals ordinary RoPE scores. Computed pair by pair (a scan over K/2) on (B, H, Lq, Lk) arrays:
+    O(B H Lq Lk K) time, O(B H Lq Lk) memory (the dense path only).
+
+    Args:
+      q: (B, Lq, H, K), k: (B, Lk, H, K); frequencies: (Lq, K/2); positions default to arange; q_bias/k_bias as
+      in `apply_rope` (added before the rotation); scale multiplies the scores (default 1/sqrt(K)).
+    Returns float32 (or float64) scores.
+    """
+    lq, lk, head_dim = q.shape[1], k.shape[1], q.shape[-1]
+    _check_head_dim(head_dim)
+    if frequencies.shape != (lq, head_dim // 2):
+        raise ValueError(f"frequencies must have shape (Lq, K/2) = ({lq}, {head_dim // 2}), got {frequencies.shape}")
+    compute = jnp.promote_types(q.dtype, jnp.float32)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    q_pos = jnp.arange(lq) if q_positions is None else jnp.asarray(q_positions)
+    k_pos = jnp.arange(lk) if k_positions is None else jnp.asarray(k_positions)
+    qc, kc = q.astype(compute), k.astype(compute)
+    if q_bias is not None:
+        qc = qc + q_bias.astype(compute)
+    if k_bias is not None:
+        kc = kc + k_bias.astype(compute)
+    # (K/2, B, H, L) per pair, so that the scan runs over the pairs
+    qe, qo = (jnp.transpose(qc[..., c::2], (3, 0, 2, 1)) for c in (0, 1))
+    ke, ko = (jnp.transpose(kc[..., c::2], (3, 0, 2, 1)) for c in (0, 1))
+    distance = (k_pos[None, :] - q_pos[:, None]).astype(compute)  # (Lq, Lk): j - i
+    theta = jnp.moveaxis(frequencies.astype(compute), 1, 0)  # (K/2, Lq)
+
+    def outer(a: jax.Array, b: jax.Array) -> jax.Array:  # (B, H, Lq), (B, H, Lk) -> (B, H, Lq, Lk)
+        return a[..., :, None] * b[..., None, :]
+
+    def add_pair(total, pair):
+        q_e, q_o, k_e, k_o, theta_p = pair
+        phi = distance * theta_p[:, None]
+        aligned = outer(q_e, k_e) + outer(q_o, k_o)
+        crossed = outer(q_o, k_e) - outer(q_e, k_o)
+        return total + aligned * jnp.cos(phi) + crossed * jnp.sin(phi), None
+
+    zeros = jnp.zeros((q.shape[0], q.shape[2], lq, lk), compute)
+    total, _ = jax.lax.scan(add_pair, zeros, (qe, qo, ke, ko, theta))
+    return total * scale
 
 
 def no_position(x: jax.Array) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Tests for ops/position.py: RoPE (+bias), ALiBi, NTK / YaRN / log-n scaling, ReRoPE."""
+"""Tests for ops/position.py: RoPE (+bias), ALiBi, NTK (fixed, dynamic, mixed) / YaRN / log-n scaling, ReRoPE."""
 
 import math
 
@@ -100,6 +100,70 @@ def test_ntk_base_and_yarn_ramp(x64):
     assert position.yarn_attention_factor(s) == pytest.approx(1 + 0.1 * math.log(s))
 
 
+@pytest.mark.parametrize("k, s, b", [(8, 4.0, 0.75), (16, 3.0, 1.0)])
+def test_ntk_mixed_frequencies_match_the_formula(x64, k, s, b):
+    """docs/methods.md section 14: theta_m / exp(a m^b), m = 1..K/2, a = ln s / (K/2)^b."""
+    got = np.asarray(position.ntk_mixed_frequencies(k, s, 500.0, exponent=b))
+    a = math.log(s) / (k / 2) ** b
+    expected = [500.0 ** (-2 * (m - 1) / k) / math.exp(a * m**b) for m in range(1, k // 2 + 1)]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    plain = 500.0 ** (-np.arange(0, k, 2) / k)
+    assert got[-1] == pytest.approx(plain[-1] / s, rel=1e-6)  # the lowest frequency is interpolated by s
+    ratios = plain / got
+    assert np.all(np.diff(ratios) > 0) and 1.0 < ratios[0] < ratios[-1]  # the factor grows from ~1 to s
+
+
+def test_ntk_dynamic_frequencies_match_the_formula(x64):
+    k, train, base = 8, 16, 10000.0
+    positions = np.array([0, 5, 15, 16, 31, 63, 200])
+    got = np.asarray(position.ntk_dynamic_frequencies(k, jnp.asarray(positions), train, base))
+    assert got.shape == (len(positions), k // 2)
+    for row, p in zip(got, positions, strict=True):
+        s = max(1.0, (p + 1) / train)
+        scaled_base = base * s ** (k / (k - 2))
+        np.testing.assert_allclose(row, [scaled_base ** (-2 * i / k) for i in range(k // 2)], rtol=1e-6)
+
+
+def test_ntk_variants_reduce_to_rope_within_the_training_length(x64):
+    k, train = 16, 32
+    plain = 10000.0 ** (-np.arange(0, k, 2) / k)
+    for s in (0.25, 1.0):
+        np.testing.assert_allclose(position.ntk_mixed_frequencies(k, s), plain, rtol=1e-6)
+    dynamic = np.asarray(position.ntk_dynamic_frequencies(k, jnp.arange(train), train))
+    np.testing.assert_allclose(dynamic, np.broadcast_to(plain, (train, k // 2)), rtol=1e-6)
+    assert not np.allclose(position.ntk_dynamic_frequencies(k, jnp.array([train]), train)[0], plain, rtol=1e-6)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_rope_logits_per_query_rotate_q_and_every_key_with_the_query_frequencies(x64, with_bias):
+    b, lq, lk, h, k = 2, 4, 6, 2, 8
+    q, key = _random((b, lq, h, k)), _random((b, lk, h, k), seed=1)
+    q_bias = _random((h, k), seed=2) if with_bias else np.zeros((h, k))
+    k_bias = _random((h, k), seed=3) if with_bias else np.zeros((h, k))
+    frequencies = np.abs(_random((lq, k // 2), seed=4))  # any per-query frequencies
+    q_pos, k_pos = np.array([2, 3, 7, 9]), np.array([0, 1, 2, 5, 7, 8])
+    logits = np.asarray(position.rope_logits_per_query(
+        jnp.asarray(q), jnp.asarray(key), jnp.asarray(frequencies), q_positions=jnp.asarray(q_pos),
+        k_positions=jnp.asarray(k_pos), q_bias=jnp.asarray(q_bias) if with_bias else None,
+        k_bias=jnp.asarray(k_bias) if with_bias else None, scale=0.5))
+    assert logits.shape == (b, h, lq, lk)
+    for i in range(lq):
+        for j in range(lk):
+            q_rot = np.einsum("ij,bhj->bhi", _rotation_matrix(q_pos[i] * frequencies[i]), q[:, i] + q_bias)
+            k_rot = np.einsum("ij,bhj->bhi", _rotation_matrix(k_pos[j] * frequencies[i]), key[:, j] + k_bias)
+            np.testing.assert_allclose(logits[:, :, i, j], 0.5 * np.sum(q_rot * k_rot, -1), atol=1e-12)
+
+
+def test_rope_logits_per_query_with_equal_rows_are_rope_scores(x64):
+    length, k = 5, 8
+    q, key = jnp.asarray(_random((1, length, 2, k))), jnp.asarray(_random((1, length, 2, k), seed=1))
+    theta = position.rope_frequencies(k)
+    rope = jnp.einsum("bqhk,bjhk->bhqj", position.apply_rope(q, jnp.arange(length), theta),
+                      position.apply_rope(key, jnp.arange(length), theta)) / math.sqrt(k)
+    rows = jnp.broadcast_to(theta, (length, k // 2))
+    np.testing.assert_allclose(position.rope_logits_per_query(q, key, rows), rope, atol=1e-12)
+
+
 def test_log_n_scale():
     scale = np.asarray(position.log_n_scale(jnp.array([1, 64, 128, 4096]), 128))
     np.testing.assert_allclose(scale, [1.0, 1.0, 1.0, math.log(4096) / math.log(128)], rtol=1e-6)
@@ -171,3 +235,9 @@ def test_bad_arguments_raise():
         position.apply_rope(jnp.zeros((1, 3, 1, 4)), jnp.arange(3), jnp.ones(3))
     with pytest.raises(ValueError, match="training length"):
         position.yarn_frequencies(8, scale=2.0, train_length=0)
+    with pytest.raises(ValueError, match="training length"):
+        position.ntk_dynamic_frequencies(8, jnp.arange(3), 0)
+    with pytest.raises(ValueError, match="exponent"):
+        position.ntk_mixed_frequencies(8, 2.0, exponent=0.0)
+    with pytest.raises(ValueError, match=r"\(Lq, K/2\)"):
+        position.rope_logits_per_query(jnp.zeros((1, 3, 1, 4)), jnp.zeros((1, 3, 1, 4)), jnp.ones((3, 3)))
