@@ -14,10 +14,15 @@ test split:
 Schemes (--positions) change only how positions are encoded at test time, never a parameter:
 
     trained        the model as trained (every mixer; a recurrent mixer's natural behaviour at any length)
-    ntk            NTK-aware RoPE: base * s^(Kh / (Kh - 2)), s = L / T            (RoPE-trained attention)
+    ntk            NTK-aware RoPE ("fixed"): base * s^(Kh / (Kh - 2)), s = L / T  (RoPE-trained attention)
+    ntk_dynamic    dynamic NTK: each query (and the keys it scores) at s = max(1, (position + 1) / T), as
+                   decoding token by token would (softmax, RoPE-trained). Scaling once per forward by the
+                   window length instead would be exactly `ntk` at that length.
+    ntk_mixed      NTK-RoPE-mixed: theta_i / s^(((i + 1) / (Kh/2))^0.75), s = L / T  (RoPE-trained attention)
     yarn           YaRN: per-frequency interpolation and q, k scaled by 1 + 0.1 ln s  (RoPE-trained attention)
     logn           log-n scaling of the scores, max(1, ln n / ln T), at test only  (RoPE / NoPE / ALiBi attention)
     ntk_logn       ntk and logn together
+    ntk_mixed_logn ntk_mixed and logn together (the ReRoPE post's "NTK-RoPE-logn-mixed")
     rerope         ReRoPE: relative positions clipped at the window w = --rerope_window (softmax, RoPE-trained)
     leaky_rerope   leaky ReRoPE: beyond w positions grow by 1/k, k = --rerope_leak (softmax, RoPE-trained)
     rerope_logn    rerope with logn
@@ -41,7 +46,12 @@ from typing import Any
 
 from absl import app, flags
 
-SCHEMES = ("trained", "ntk", "yarn", "logn", "ntk_logn", "rerope", "leaky_rerope", "rerope_logn")
+SCHEMES = ("trained", "ntk", "ntk_dynamic", "ntk_mixed", "yarn", "logn", "ntk_logn", "ntk_mixed_logn", "rerope",
+           "leaky_rerope", "rerope_logn")
+# scheme -> the rope_scaling it sets (docs/methods.md section 14), for the schemes that rescale RoPE frequencies
+FREQUENCY_SCALINGS = {"ntk": "ntk", "ntk_logn": "ntk", "ntk_dynamic": "ntk_dynamic", "ntk_mixed": "ntk_mixed",
+                      "ntk_mixed_logn": "ntk_mixed", "yarn": "yarn"}
+LOGN_SCHEMES = ("logn", "ntk_logn", "ntk_mixed_logn", "rerope_logn")
 MODES = ("nonrepeated", "repeated")
 
 FLAGS = flags.FLAGS
@@ -71,17 +81,18 @@ def scheme_options(scheme: str, options: dict[str, Any], supported: dict[str, tu
     rope = position in ("rope", "rope_bias")
     scale = max(length / train_length, 1.0)
     changes: dict[str, Any] = {}
-    if scheme in ("ntk", "ntk_logn", "yarn"):
+    if scheme in FREQUENCY_SCALINGS:
         if not rope:
             return None
-        changes.update(rope_scaling="ntk" if scheme != "yarn" else "yarn", rope_scale=scale,
-                       train_length=train_length)
+        changes.update(rope_scaling=FREQUENCY_SCALINGS[scheme], train_length=train_length)
+        if scheme != "ntk_dynamic":  # the dynamic scale follows each position, not the window
+            changes.update(rope_scale=scale)
     if scheme in ("rerope", "leaky_rerope", "rerope_logn"):
         if not rope:
             return None
         changes.update(rope_scaling="rerope", rerope_window=rerope_window,
                        rerope_leak=rerope_leak if scheme == "leaky_rerope" else 0.0)
-    if scheme in ("logn", "ntk_logn", "rerope_logn"):
+    if scheme in LOGN_SCHEMES:
         if position is None:  # not an attention mixer
             return None
         changes.update(logn_scaling=True, train_length=train_length)

@@ -38,6 +38,9 @@ def _options(mixer, **options):
 @pytest.mark.parametrize("scheme, expected", [
     ("trained", {}),
     ("ntk", {"rope_scaling": "ntk", "rope_scale": 4.0, "train_length": T}),
+    ("ntk_dynamic", {"rope_scaling": "ntk_dynamic", "train_length": T}),
+    ("ntk_mixed", {"rope_scaling": "ntk_mixed", "rope_scale": 4.0, "train_length": T}),
+    ("ntk_mixed_logn", {"rope_scaling": "ntk_mixed", "rope_scale": 4.0, "train_length": T, "logn_scaling": True}),
     ("yarn", {"rope_scaling": "yarn", "rope_scale": 4.0, "train_length": T}),
     ("logn", {"logn_scaling": True, "train_length": T}),
     ("rerope", {"rope_scaling": "rerope", "rerope_window": 8, "rerope_leak": 0.0}),
@@ -55,8 +58,26 @@ def test_schemes_a_run_cannot_take_are_none():
     assert extrapolate.scheme_options("logn", lru, lru_choices, T, 2 * T, rerope_window=8, rerope_leak=16.0) is None
     linear, choices = _options("linear", position="rope")  # linear attention has no ReRoPE
     assert extrapolate.scheme_options("rerope", linear, choices, T, 2 * T, rerope_window=8, rerope_leak=16.0) is None
+    # dynamic NTK needs per-query scores (the dense softmax path); the mixed frequencies suit any RoPE mixer
+    assert extrapolate.scheme_options("ntk_dynamic", linear, choices, T, 2 * T, rerope_window=8,
+                                      rerope_leak=16.0) is None
+    assert extrapolate.scheme_options("ntk_mixed", linear, choices, T, 2 * T, rerope_window=8,
+                                      rerope_leak=16.0)["rope_scaling"] == "ntk_mixed"
     nope, choices = _options("softmax")
     assert extrapolate.scheme_options("ntk", nope, choices, T, 2 * T, rerope_window=8, rerope_leak=16.0) is None
+
+
+def test_the_contract_refuses_dynamic_ntk_where_it_cannot_run():
+    from models.registry import MixerContext
+
+    context = MixerContext(d_model=16, length=T)
+    softmax = resolve_mixer("softmax", {"position": "rope"}, length=T)
+    assert softmax.contract.check_options({**softmax.as_dict(), "rope_scaling": "ntk_dynamic"}, context) == [
+        ("train_length", "rope_scaling='ntk_dynamic' needs train_length > 1 (the training length), got 0")]
+    blockwise = resolve_mixer("blockwise", {"position": "rope"}, length=T)
+    problems = blockwise.contract.check_options(
+        {**blockwise.as_dict(), "rope_scaling": "ntk_dynamic", "train_length": T}, context)
+    assert problems[0][0] == "rope_scaling" and problems[0][1].startswith("expected one of 'none', 'ntk', 'ntk_mixed'")
 
 
 def _context():
@@ -72,7 +93,9 @@ def _logits(config, variables, tokens):
     return np.asarray(model.apply(variables, inputs, mask))
 
 
-@pytest.mark.parametrize("scheme", ["ntk", "yarn", "rerope", pytest.param("logn", marks=pytest.mark.slow),
+@pytest.mark.parametrize("scheme", ["ntk", "ntk_dynamic", "ntk_mixed", "yarn", "rerope",
+                                    pytest.param("logn", marks=pytest.mark.slow),
+                                    pytest.param("ntk_mixed_logn", marks=pytest.mark.slow),
                                     pytest.param("ntk_logn", marks=pytest.mark.slow),
                                     pytest.param("rerope_logn", marks=pytest.mark.slow)])
 def test_within_the_training_length_each_scheme_is_the_trained_model(scheme):
@@ -89,6 +112,35 @@ def test_within_the_training_length_each_scheme_is_the_trained_model(scheme):
     changes = extrapolate.scheme_options(scheme, options, choices, T, T, rerope_window=T, rerope_leak=16.0)
     config.model.softmax.update(changes)
     np.testing.assert_allclose(_logits(config, variables, tokens), base, atol=2e-5, rtol=2e-5)
+
+
+def test_dynamic_ntk_is_fixed_ntk_at_the_scale_of_each_prefix(x64):
+    """docs/methods.md section 14: position t of the dynamic-NTK mixer sees what fixed NTK at s = (t + 1) / T
+    computes on the prefix x[:t+1] (its last row); decoding token by token equals the parallel call; within T it is
+    plain RoPE."""
+    import jax
+    import jax.numpy as jnp
+
+    from models.registry import make_mixer
+
+    train, length, d = 2, 6, 8
+    common = dict(d_model=d, bidirectional=False, num_heads=2, position="rope", dtype=jnp.float64,
+                  param_dtype=jnp.float64, max_decode_len=length)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, length, d)))
+    dynamic = make_mixer("softmax", rope_scaling="ntk_dynamic", train_length=train, **common)
+    out, variables = jax.jit(dynamic.init_with_output)(jax.random.PRNGKey(0), x)
+    out = np.asarray(out)
+    for t in (train - 1, train, length - 1):  # row t of a causal mixer depends on x[:t+1] only: run the full x
+        fixed = make_mixer("softmax", rope_scaling="ntk", rope_scale=max(1.0, (t + 1) / train), **common)
+        np.testing.assert_allclose(out[:, t], jax.jit(fixed.apply)(variables, x)[:, t], atol=1e-12, err_msg=f"{t}")
+    plain = np.asarray(jax.jit(make_mixer("softmax", **common).apply)(variables, x))
+    np.testing.assert_allclose(out[:, :train], plain[:, :train], atol=1e-12)
+    assert not np.allclose(out[:, train:], plain[:, train:], atol=1e-6)
+    step = jax.jit(lambda state, x_t: dynamic.apply(variables, state, x_t, method="step"))
+    state = dynamic.init_state(2)
+    for t in range(length):
+        state, y_t = step(state, x[:, t])
+        np.testing.assert_allclose(y_t, out[:, t], atol=1e-12, err_msg=f"step {t}")
 
 
 def test_the_command_writes_rows_a_table_and_a_plot(tmp_path):
