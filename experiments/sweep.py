@@ -10,6 +10,7 @@ DIR/<mixer>-d<width>-L<length>[-n<pairs>]. The sweep is resumable: a cell whose 
 trained again, and an interrupted cell resumes from its newest checkpoint (the trainer's own restart). Every
 cell's config is validated before the first one trains, so a bad combination (e.g. more pairs than the length
 holds) stops the sweep at once. A cell that fails is recorded with its error and the sweep goes on (exit status 1).
+The outputs are rewritten after every cell; --collect_only trains nothing and writes them from the finished cells.
 
 Output: FILE.json {"task", "cells": [{mixer, d_model, seq_len, num_pairs, accuracy, val_accuracy, state_size_bytes,
 params, wall_seconds, steps, workdir, extrapolation}]}, FILE.md (the table) and FILE.png: accuracy against the
@@ -56,6 +57,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_steps", 0, "Training steps per cell (0: the config's).")
     flags.DEFINE_list("eval_lengths", [], "Also test each cell at these multiples of its training length.")
     flags.DEFINE_integer("eval_examples", 500, "Test examples per extra length (--eval_lengths).")
+    flags.DEFINE_bool("collect_only", False, "Train nothing: write the outputs from the cells finished so far.")
     flags.DEFINE_string("workdir", "workdirs/sweep", "Directory of the cells' sub-workdirs.")
     flags.DEFINE_string("out", "sweep.json", "Output JSON; the table (.md) and the figure (.png) go next to it.")
 
@@ -239,8 +241,8 @@ def extrapolate_cell(config, workdir: str, multiples: Sequence[int], examples: i
 
 
 def run_cell(cell: dict[str, Any], root: str, eval_lengths: Sequence[int], eval_examples: int,
-             log=print) -> dict[str, Any]:
-    """Trains (or reads, or resumes) one cell; its row for the JSON."""
+             log=print, *, collect_only: bool = False) -> dict[str, Any] | None:
+    """Trains (or reads, or resumes) one cell; its row for the JSON (None: not finished, with collect_only)."""
     from experiments import workdir as workdir_lib
     from experiments.trainer import train_and_evaluate
 
@@ -249,6 +251,9 @@ def run_cell(cell: dict[str, Any], root: str, eval_lengths: Sequence[int], eval_
     results = workdir_lib.read_json(workdir, "results.json") if os.path.isdir(workdir) else None
     if isinstance(results, dict) and results.get("steps") == config.train.num_steps:
         log(f"{cell['name']}: finished before (results.json), skipped")
+    elif collect_only:
+        log(f"{cell['name']}: not finished, left out (--collect_only)")
+        return None
     else:
         log(f"{cell['name']}: training")
         results = train_and_evaluate(config, workdir, progress=False)
@@ -347,33 +352,42 @@ def plot(task: str, rows: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+def write_outputs(task: str, grid: dict[str, Any], rows: list[dict[str, Any]], out: str) -> str:
+    """FILE.json, FILE.md and FILE.png from the rows so far; returns the stem."""
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"task": task, "grid": {k: v for k, v in grid.items() if k != "task"}, "cells": rows}, f,
+                  indent=1)
+    stem = os.path.splitext(out)[0]
+    with open(stem + ".md", "w") as f:
+        f.write(markdown_table(task, rows))
+    plot(task, rows, stem + ".png")
+    return stem
+
+
 def run_sweep(grid: dict[str, Any], root: str, out: str, *, num_steps: int = 0, eval_examples: int = 500,
-              log=print) -> list[dict[str, Any]]:
-    """Runs (or reads) every cell, then writes out (.json, .md, .png); returns the rows."""
+              collect_only: bool = False, log=print) -> list[dict[str, Any]]:
+    """Runs (or reads) every cell, writing the outputs (.json, .md, .png) after each; returns the rows."""
     from experiments import cli
 
     todo = cells(grid, num_steps)
     root = os.path.abspath(root)
     os.makedirs(root, exist_ok=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     start = time.time()
     for cell in todo:
         try:
-            rows.append(run_cell(cell, root, grid["eval_lengths"], eval_examples, log=log))
+            row = run_cell(cell, root, grid["eval_lengths"], eval_examples, log=log, collect_only=collect_only)
         except cli.user_errors() as error:
             log(f"{cell['name']}: failed: {error}")
-            rows.append({k: cell[k] for k in ("mixer", "d_model", "seq_len", "num_pairs")} |
-                        {"error": f"{type(error).__name__}: {error}", "workdir": os.path.join(root, cell["name"])})
-    out = os.path.abspath(out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"task": grid["task"], "grid": {k: v for k, v in grid.items() if k != "task"}, "cells": rows}, f,
-                  indent=1)
-    stem = os.path.splitext(out)[0]
-    with open(stem + ".md", "w") as f:
-        f.write(markdown_table(grid["task"], rows))
-    plot(grid["task"], rows, stem + ".png")
-    log(f"{len(rows)} cells in {time.time() - start:.0f} s: {out}, {stem}.md, {stem}.png")
+            row = {k: cell[k] for k in ("mixer", "d_model", "seq_len", "num_pairs")} | {
+                "error": f"{type(error).__name__}: {error}", "workdir": os.path.join(root, cell["name"])}
+        if row is not None:
+            rows.append(row)
+            write_outputs(grid["task"], grid, rows, out)
+    stem = write_outputs(grid["task"], grid, rows, out)
+    log(f"{len(rows)} cells in {time.time() - start:.0f} s: {stem}.json, {stem}.md, {stem}.png")
     return rows
 
 
@@ -394,7 +408,7 @@ def main(argv: Sequence[str]) -> None:
                           FLAGS.eval_lengths)
         cli.quiet_library_logs()
         rows = run_sweep(grid, FLAGS.workdir, FLAGS.out, num_steps=FLAGS.num_steps,
-                         eval_examples=FLAGS.eval_examples)
+                         eval_examples=FLAGS.eval_examples, collect_only=FLAGS.collect_only)
     except SweepError as error:
         cli.usage_exit(str(error), PROGRAM)
     if any("error" in r for r in rows):
