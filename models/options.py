@@ -171,6 +171,8 @@ OPTION_RANGES: dict[str, Range] = {
     "chunk_size": positive_int(MAX_LENGTH),
     "pinv_iterations": positive_int(100),
     "kmeans_iters": int_from_zero(1_000),
+    "conv_width": positive_int(64),
+    "dt_rank": int_from_zero(MAX_WIDTH, " (0 = ceil(d_model / 16))"),
     # lengths
     "l_max": int_from_zero(MAX_LENGTH, LENGTH_NOTE),
     "trunc_len": int_from_zero(MAX_LENGTH, LENGTH_NOTE),
@@ -181,6 +183,7 @@ OPTION_RANGES: dict[str, Range] = {
     # numbers
     "dt_min": positive_number(10.0),
     "dt_max": positive_number(10.0),
+    "dt_init_floor": positive_number(10.0),
     "max_phase": positive_number(2 * math.pi),
     "temperature": positive_number(1e6),
     "rope_base": positive_number(1e9),

@@ -112,6 +112,7 @@ TINY_MIXER_OPTIONS = {
     "nystrom": dict(num_heads=2, num_landmarks=4),
     "vq": dict(num_heads=1, key_dim=4, codebook_size=8, block_len=16),
     "vq_soft": dict(num_heads=1, key_dim=4, codebook_size=8, block_len=16),
+    "mamba": dict(d_state=4, chunk_size=16),
 }
 
 

@@ -198,7 +198,7 @@ def test_unknown_names_are_also_key_errors():
         (dict(train__batchsize=8), "train.batchsize",
          r'unknown key \(did you mean "batch_size"\?\); config.train has batch_size'),
         (dict(trian=dict(steps=1)), "trian", r'unknown key \(did you mean "train"\?\); config has data, model'),
-        (dict(model__mamba=dict(d_state=4)), "model.mamba", "not a registered mixer"),
+        (dict(model__hyena=dict(d_state=4)), "model.hyena", "not a registered mixer"),
     ]
     for values, key, message in cases:
         config = with_values(listops_config.get_config(), **values)

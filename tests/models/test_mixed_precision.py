@@ -41,6 +41,7 @@ SMALL = {
     "nystrom": dict(num_heads=2, num_landmarks=8),
     "vq": dict(key_dim=8, codebook_size=16, block_len=16),
     "vq_soft": dict(key_dim=8, codebook_size=16, block_len=16),
+    "mamba": dict(d_state=4, chunk_size=8),
 }
 
 
