@@ -42,6 +42,8 @@ TINY_OPTIONS = {
     "vq": dict(num_heads=1, key_dim=4, codebook_size=8, block_len=4),
     "vq_soft": dict(num_heads=1, key_dim=4, codebook_size=8, block_len=4),
     "mamba": dict(d_state=4, chunk_size=4),
+    "gla": dict(num_heads=2, chunk_size=4),
+    "deltanet": dict(num_heads=2, chunk_size=4),
 }
 
 DECODING_MIXERS = [name for name in registry.mixer_names()
