@@ -185,6 +185,8 @@ OPTION_RANGES: dict[str, Range] = {
     "dt_max": positive_number(10.0),
     "dt_init_floor": positive_number(10.0),
     "max_phase": positive_number(2 * math.pi),
+    "c": positive_number(1e3),  # RG-LRU: log a_t = -c r_t softplus(a_param)
+    "out_variance_scale": positive_number(1e3),
     "temperature": positive_number(1e6),
     "rope_base": positive_number(1e9),
     "rope_scale": Range(1.0, float(MAX_LENGTH), False, phrase="a number >= 1", note=" (L_test / L_train)"),
