@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 # Importing one of these modules registers its mixers.
-MIXER_MODULES = ("models.attention", "models.linear_attention", "models.lru", "models.mamba", "models.nystrom",
-                 "models.rglru", "models.rtf", "models.ssm", "models.vq")
+MIXER_MODULES = ("models.attention", "models.deltanet", "models.gla", "models.linear_attention", "models.lru",
+                 "models.mamba", "models.nystrom", "models.rglru", "models.rtf", "models.ssm", "models.vq")
 # The dense-attention reference that benchmarks report every mixer against (speed and memory ratios).
 BASELINE_MIXER = "softmax"
 

@@ -43,6 +43,8 @@ SMALL = {
     "vq_soft": dict(key_dim=8, codebook_size=16, block_len=16),
     "mamba": dict(d_state=4, chunk_size=8),
     "rglru": dict(num_heads=2),
+    "gla": dict(num_heads=2, chunk_size=8),
+    "deltanet": dict(num_heads=2, chunk_size=8),
 }
 
 
