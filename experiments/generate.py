@@ -3,6 +3,8 @@ r"""Generates text with a trained byte-level language model (the "lm" task), fro
     python -m experiments.generate --workdir=workdirs/lm --prompt="def " --num_tokens=200
     python -m experiments.generate --workdir=workdirs/lm --prompt="import " --greedy --checkpoint=latest
     python -m experiments.generate --workdir=workdirs/lm --prompt="class " --temperature=0.8 --top_p=0.95 --seed=3
+    python -m experiments.generate --workdir=W --context_file=LONG.txt --prompt="?" --num_tokens=3 --greedy \
+        --nbce_pooling=min_entropy --nbce_beta=0.25            # NBCE: a context longer than the window
 
 Reads the run's own config.json and restores a checkpoint read-only, as experiments.evaluate does (nothing in
 the workdir is changed). The prompt is encoded as UTF-8 bytes (the lm task's token ids are the raw bytes 0..255),
@@ -10,6 +12,12 @@ run through the model token by token (the prefill, models/generation.py), then `
 (greedy, or temperature / top-k / top-p with a seed). Prints the prompt and its continuation (decoded as UTF-8,
 undecodable bytes as U+FFFD), then one line with the decoding speed in tokens per second (compilation not
 included).
+
+NBCE (--context_file; models/nbce.py, docs/methods.md section 15): the file's text is cut into chunks of
+--nbce_chunk_length bytes (default: what fits in the training window with the prompt and the answer), each
+followed by the prompt (the question), and decoded with the combined distribution of the chunks and of the prompt
+alone (--nbce_pooling, --nbce_beta, --nbce_eta). There --top_k / --top_p truncate each of those distributions
+before they are combined, and --temperature / --greedy choose from the combination.
 
 A user's mistake (no run in the workdir, a run whose task has no per-position head, a bidirectional model or a
 mixer without a recurrent step, an empty prompt, sampling settings out of range) is one `error:` line, exit 2.
@@ -35,6 +43,16 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample within the nucleus of probabil
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampling.", lower_bound=0, upper_bound=2**32 - 1)
 _GREEDY = flags.DEFINE_bool("greedy", False, "Take the most likely byte each time (ignores the sampling flags).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best (by validation accuracy), latest, or a step number.")
+_CONTEXT_FILE = flags.DEFINE_string("context_file", None, "NBCE: a UTF-8 text file read as chunks, each with the "
+                                    "prompt (the question); see the module docstring.")
+_NBCE_CHUNK = flags.DEFINE_integer("nbce_chunk_length", 0, "NBCE: bytes per chunk (0: the training length minus "
+                                   "the prompt and num_tokens - 1).")
+_NBCE_OVERLAP = flags.DEFINE_integer("nbce_overlap", 0, "NBCE: bytes that consecutive chunks share at least.")
+_NBCE_BETA = flags.DEFINE_float("nbce_beta", 0.25, "NBCE: the prior's weight beta (>= -1; 0: the pooled context "
+                                "alone; n - 1 with mean pooling: naive Bayes).")
+_NBCE_POOLING = flags.DEFINE_string("nbce_pooling", "min_entropy", "NBCE: min_entropy or mean.")
+_NBCE_ETA = flags.DEFINE_float("nbce_eta", 0.0, "NBCE: switching penalty of min_entropy pooling (>= 0).")
+NBCE_FLAGS = ("nbce_chunk_length", "nbce_overlap", "nbce_beta", "nbce_pooling", "nbce_eta")
 
 PROGRAM = "experiments.generate"
 
@@ -54,6 +72,37 @@ def _check_request() -> tuple[bytes, Any]:
     return prompt, sampling
 
 
+def _check_nbce() -> tuple[bytes, Any] | None:
+    """The NBCE context's bytes and settings (None without --context_file), checked before JAX (GenerateError)."""
+    from models.nbce import NBCE
+
+    if _CONTEXT_FILE.value is None:
+        given = [name for name in NBCE_FLAGS if flags.FLAGS[name].present]
+        if given:
+            raise GenerateError(f"--{given[0]} is a setting of NBCE, which reads a long context: give it with "
+                                "--context_file=FILE")
+        return None
+    try:
+        with open(_CONTEXT_FILE.value, "rb") as f:
+            context = f.read()
+    except OSError as error:
+        raise GenerateError(f"--context_file={_CONTEXT_FILE.value}: cannot read it ({error.strerror})") from None
+    if not context:
+        raise GenerateError(f"--context_file={_CONTEXT_FILE.value} is empty")
+    if _NBCE_CHUNK.value < 0:
+        raise GenerateError(f"--nbce_chunk_length must be >= 0 (0: what fits in the window), got {_NBCE_CHUNK.value}")
+    if _NBCE_CHUNK.value and not 0 <= _NBCE_OVERLAP.value < _NBCE_CHUNK.value:
+        raise GenerateError(f"--nbce_overlap must be in [0, --nbce_chunk_length={_NBCE_CHUNK.value}), got "
+                            f"{_NBCE_OVERLAP.value}")
+    settings = NBCE(_NBCE_BETA.value, _NBCE_POOLING.value, _TOP_K.value, _TOP_P.value, _NBCE_ETA.value,
+                    _GREEDY.value, _TEMPERATURE.value)
+    try:
+        settings.check(BYTE_VOCABULARY)
+    except ValueError as error:
+        raise GenerateError(f"--{error}") from None
+    return context, settings
+
+
 def main(argv: list[str]) -> None:
     """The entry point after flag parsing: loads the run, generates, prints the text and the speed."""
     if len(argv) > 1:
@@ -66,15 +115,61 @@ def main(argv: list[str]) -> None:
     cli.quiet_library_logs()
     try:
         prompt, sampling = _check_request()
-        run = load_run(_WORKDIR.value, _CHECKPOINT.value, decode_length=len(prompt) + _NUM_TOKENS.value - 1)
+        nbce = _check_nbce()
+        if nbce is None:
+            decode_length = len(prompt) + _NUM_TOKENS.value - 1
+        else:  # rows of chunk + prompt; the default chunk length fills the training window exactly
+            decode_length = _NBCE_CHUNK.value and _NBCE_CHUNK.value + len(prompt) + _NUM_TOKENS.value - 1
+        run = load_run(_WORKDIR.value, _CHECKPOINT.value, decode_length=decode_length)
+        chunk_length = _nbce_chunk_length(run, len(prompt)) if nbce is not None else 0
     except (GenerateError, WorkdirError, ConfigError, ConfigValueError) as error:
         cli.usage_exit(str(error), PROGRAM)
     except cli.user_errors() as error:  # a damaged checkpoint, an unreadable file
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    text, report = generate_text(run, prompt, _NUM_TOKENS.value, sampling, _SEED.value)
+    if nbce is None:
+        text, report = generate_text(run, prompt, _NUM_TOKENS.value, sampling, _SEED.value)
+    else:
+        text, report = nbce_text(run, nbce[0], prompt, _NUM_TOKENS.value, nbce[1], chunk_length,
+                                 _NBCE_OVERLAP.value, _SEED.value)
     sys.stdout.write(text + "\n")
     print(report, flush=True)
+
+
+def _nbce_chunk_length(run: dict[str, Any], prompt_length: int) -> int:
+    """--nbce_chunk_length, or what fits in the training window with the prompt and the answer (GenerateError
+    when nothing does)."""
+    if _NBCE_CHUNK.value:
+        return _NBCE_CHUNK.value
+    length = run["spec"].seq_len - prompt_length - _NUM_TOKENS.value + 1
+    if length < 1 or _NBCE_OVERLAP.value >= length:
+        raise GenerateError(f"a prompt of {prompt_length} bytes and --num_tokens={_NUM_TOKENS.value} leave "
+                            f"{max(length, 0)} bytes of the training window ({run['spec'].seq_len}) for each chunk "
+                            f"(--nbce_overlap={_NBCE_OVERLAP.value}): shorten them or set --nbce_chunk_length")
+    return length
+
+
+def nbce_text(run: dict[str, Any], context: bytes, prompt: bytes, num_tokens: int, settings: Any,
+              chunk_length: int, overlap: int, seed: int) -> tuple[str, str]:
+    """The prompt and its NBCE continuation from `context` as text, and a line reporting the chunks, the chunk
+    each token was read from (min_entropy pooling) and the speed (compilation included)."""
+    import numpy as np
+
+    from models import nbce
+
+    chunks = nbce.split_context(np.frombuffer(context, np.uint8), chunk_length, overlap).astype(np.int32)
+    question = np.frombuffer(prompt, np.uint8)[None].astype(np.int32)
+    start = time.perf_counter()
+    tokens, selected = nbce.nbce_generate(run["model"], run["variables"], chunks[None], question, num_tokens,
+                                          settings, seed=seed)
+    tokens, selected = np.asarray(tokens)[0], np.asarray(selected)[0]
+    seconds = time.perf_counter() - start
+    text = bytes(np.concatenate([question[0], tokens]).astype(np.uint8)).decode("utf-8", errors="replace")
+    chosen = "" if settings.pooling == "mean" else f"; chunk read per token: {selected.tolist()}"
+    report = (f"NBCE: {len(chunks)} chunks of {chunks.shape[1]} bytes from {len(context)} bytes of context, "
+              f"{settings.pooling} pooling, beta {settings.beta}{chosen}; {num_tokens} tokens in {seconds:.2f} s "
+              f"(compilation included; {run['config'].model.mixer}, checkpoint of step {run['step']})")
+    return text, report
 
 
 def generate_text(run: dict[str, Any], prompt: bytes, num_tokens: int, sampling: Any, seed: int
