@@ -93,7 +93,9 @@ def _logits(config, variables, tokens):
     return np.asarray(model.apply(variables, inputs, mask))
 
 
-@pytest.mark.parametrize("scheme", ["ntk", "ntk_dynamic", "ntk_mixed", "yarn", "rerope",
+@pytest.mark.parametrize("scheme", ["ntk", "ntk_mixed", "yarn", "rerope",
+                                    # the mixer-level test below checks dynamic NTK within T (default run)
+                                    pytest.param("ntk_dynamic", marks=pytest.mark.slow),
                                     pytest.param("logn", marks=pytest.mark.slow),
                                     pytest.param("ntk_mixed_logn", marks=pytest.mark.slow),
                                     pytest.param("ntk_logn", marks=pytest.mark.slow),

@@ -152,16 +152,14 @@ def test_rope_logits_per_query_rotate_q_and_every_key_with_the_query_frequencies
             q_rot = np.einsum("ij,bhj->bhi", _rotation_matrix(q_pos[i] * frequencies[i]), q[:, i] + q_bias)
             k_rot = np.einsum("ij,bhj->bhi", _rotation_matrix(k_pos[j] * frequencies[i]), key[:, j] + k_bias)
             np.testing.assert_allclose(logits[:, :, i, j], 0.5 * np.sum(q_rot * k_rot, -1), atol=1e-12)
-
-
-def test_rope_logits_per_query_with_equal_rows_are_rope_scores(x64):
-    length, k = 5, 8
-    q, key = jnp.asarray(_random((1, length, 2, k))), jnp.asarray(_random((1, length, 2, k), seed=1))
-    theta = position.rope_frequencies(k)
-    rope = jnp.einsum("bqhk,bjhk->bhqj", position.apply_rope(q, jnp.arange(length), theta),
-                      position.apply_rope(key, jnp.arange(length), theta)) / math.sqrt(k)
-    rows = jnp.broadcast_to(theta, (length, k // 2))
-    np.testing.assert_allclose(position.rope_logits_per_query(q, key, rows), rope, atol=1e-12)
+    if not with_bias:  # the same frequencies in every row: ordinary RoPE scores (same shapes: no new compilation)
+        theta = position.rope_frequencies(k)
+        rope = jnp.einsum("bqhk,bjhk->bhqj", position.apply_rope(jnp.asarray(q), jnp.asarray(q_pos), theta),
+                          position.apply_rope(jnp.asarray(key), jnp.asarray(k_pos), theta)) / math.sqrt(k)
+        rows = jnp.broadcast_to(theta, (lq, k // 2)).astype(jnp.float64)
+        got = position.rope_logits_per_query(jnp.asarray(q), jnp.asarray(key), rows, q_positions=jnp.asarray(q_pos),
+                                             k_positions=jnp.asarray(k_pos))
+        np.testing.assert_allclose(got, rope, atol=1e-12)
 
 
 def test_log_n_scale():
