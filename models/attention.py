@@ -336,6 +336,30 @@ class _KeyValueCacheMixer(_MultiHeadMixer):
             "index": index + 1,
         }
 
+    def _cache_keys(self, k: jax.Array, positions: jax.Array) -> jax.Array:
+        """The keys (B, L, H, Kh) at `positions` as `step` stores them in the cache (here: unrotated)."""
+        return k
+
+    def prefill(self, x: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+        """The parallel call on a prompt (B, P, D) and its key-value cache: the prompt's keys and values projected
+        at once into slots 0 .. P-1 (as `step` would have stored them) and the index at P (docs/methods.md
+        section 18). ValueError when P exceeds max_decode_len."""
+        self._check_causal_for_decoding()
+        self._check_input(x, None)
+        length = x.shape[1]
+        state = self.init_state(x.shape[0])
+        if length > self.max_decode_len:
+            raise ValueError(f"{type(self).__name__}: a prompt of {length} tokens does not fit the key-value cache "
+                             f"(max_decode_len={self.max_decode_len})")
+        _, k, v = self._project(x)
+        k = self._cache_keys(k, jnp.arange(length))
+        state = {
+            "key": state["key"].at[:, :length].set(k.astype(state["key"].dtype)),
+            "value": state["value"].at[:, :length].set(v.astype(state["value"].dtype)),
+            "index": jnp.full_like(state["index"], length),
+        }
+        return state, self(x)
+
 
 @register_mixer(
     "softmax", param_groups=_GROUPS, check=check_attention,
@@ -477,6 +501,10 @@ class BlockwiseAttention(_KeyValueCacheMixer):
 
     def _slopes(self) -> jax.Array | None:
         return position_ops.alibi_slopes(self.num_heads) if self.position == "alibi" else None
+
+    def _cache_keys(self, k: jax.Array, positions: jax.Array) -> jax.Array:
+        """Blockwise decoding caches rotated keys (RoPE at their positions, as `step` stores them)."""
+        return self._position_qk(k, k, positions, positions)[1]
 
     def __call__(
         self, x: jax.Array, *, mask: jax.Array | None = None, deterministic: bool = True

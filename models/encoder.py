@@ -19,6 +19,9 @@ PerPositionClassifier (logits (B, C)) compute position t of the parallel call wi
 time: LayerNorm is per token, BatchNorm uses its running averages, the mixer steps its own state. The submodules
 are made in `setup` under the names the compact form gave them, so both paths share one parameter tree
 (models/generation.py samples with it; tests/models/test_generation.py checks the tree and step == parallel).
+`prefill(tokens)` on the same three runs a prompt in one parallel pass and returns the decoding state after it
+with the outputs of every position: each block's mixer computes its state from its parallel form (SequenceMixer
+.prefill; docs/methods.md section 18), so decoding continues with `step` as if the prompt had been stepped.
 
 Mixed precision (`dtype`, config key model.dtype): parameters are always float32; the embedding, the residual
 stream, the mixers (built with dtype=dtype) and the GLU run in `dtype` (e.g. bfloat16). Norms (their statistics
@@ -136,6 +139,18 @@ class ResidualBlock(nn.Module):
             y_t = self._norm(y_t, None, train=False)
         return state, y_t
 
+    def prefill(self, x: jax.Array) -> tuple[Any, jax.Array]:
+        """A prompt (B, P, D) through the block as `__call__` computes it with train=False and every position
+        real, with the mixer's `prefill`: (the mixer's state after the prompt, y (B, P, D))."""
+        skip = self._skip(x)
+        if self.residual == "prenorm":
+            x = self._norm(x, None, train=False)
+        state, y = self.mixer_layer.prefill(x)
+        y = skip + self._glu(y.astype(self.dtype), deterministic=True)
+        if self.residual != "prenorm":
+            y = self._norm(y, None, train=False)
+        return state, y
+
 
 def masked_pool(x: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
     """Pools (B, L, D) over the real tokens (mask (B, L) True) -> (B, D)."""
@@ -247,6 +262,21 @@ class SequenceEncoder(nn.Module):
             new_state.append(block_state)
         return tuple(new_state), self._output_norm(x)
 
+    def prefill(self, inputs: jax.Array) -> tuple[tuple[Any, ...], jax.Array]:
+        """A prompt (B, P) of ids (or (B, P, F) values without a vocabulary), every position real, in one parallel
+        pass -> (state, features (B, P, D) float32 after the final norm): the features of `__call__(...,
+        pool=False)` with train=False, and the state `step` reaches after the P tokens from `init_state`
+        (each block's mixer returns it from its `prefill`; docs/methods.md section 18). ValueError for a
+        bidirectional encoder or a mixer without a step."""
+        self._check_decodable()
+        chex.assert_rank(inputs, 2 if self.vocab_size is not None else 3)
+        x = self.input_layer(inputs)
+        state = []
+        for block in self.blocks:
+            block_state, x = block.prefill(x)
+            state.append(block_state)
+        return tuple(state), self._output_norm(x)
+
 
 class Classifier(nn.Module):
     """SequenceEncoder followed by a linear classification head: (B, L) tokens -> (B, num_classes) logits.
@@ -294,6 +324,15 @@ class PerPositionClassifier(nn.Module):
         state, features = self.encoder.step(state, token_t)
         logits = self.head(features)
         chex.assert_shape(logits, (token_t.shape[0], self.num_classes))
+        return state, logits
+
+    def prefill(self, inputs: jax.Array) -> tuple[tuple[Any, ...], jax.Array]:
+        """A prompt (B, P) -> (state, logits (B, P, num_classes) float32): `__call__` (train False, every position
+        real) in one parallel pass, with the decoding state after the prompt (SequenceEncoder.prefill), from
+        which `step` continues (models/generation.py)."""
+        state, features = self.encoder.prefill(inputs)
+        logits = self.head(features)
+        chex.assert_shape(logits, (*inputs.shape[:2], self.num_classes))
         return state, logits
 
 

@@ -3,16 +3,21 @@
     state, logits = prefill(model, variables, prompt)                      # prompt (B, P) int32
     tokens = generate(model, variables, prompt, 100, temperature=0.8, top_p=0.95, seed=1)   # (B, P + 100)
 
-`prefill` runs the prompt through the model's recurrent `step` (models/encoder.py: every block's mixer steps with
-its own state: a recurrence, a key-value cache, the running sums of linear attention), in a `lax.scan` over the
-P prompt tokens, and returns the state after the prompt with the logits of its last position. `generate` then
-samples the next token from those logits and loops (a jitted `lax.scan` of `step` and sampling) until it has
-`num_tokens` new tokens. The logits of every step equal those of the parallel call at the same position
-(tests/models/test_generation.py), so greedy decoding equals re-running the whole model on the growing sequence.
+`prefill` reads the prompt in one parallel pass (`model.prefill`, models/encoder.py): every block's mixer runs its
+parallel form (scans, FFT convolutions, chunked or dense attention) and returns its decoding state after the
+prompt (docs/methods.md section 18): the last state of LRU's and S5's recurrences, S4D's by a Vandermonde
+contraction, S4's and RTF's as the prompt contracted with their state kernel A^k B (by doubling), the key-value
+caches of softmax and blockwise attention filled at once, the running sums of linear attention and Performer,
+Transformer-VQ's per-code cache and block buffer. A mixer without a parallel prefill (SequenceMixer's default)
+steps its own part of the prompt in a lax.scan; so do S4 beyond l_max and RTF beyond trunc_len, where the
+parallel kernel no longer equals the recurrence. `method="step"` instead runs the whole model token by token
+(a lax.scan of the encoder's `step` over the P prompt tokens): the reference the parallel prefill is tested
+against (tests/models/test_generation.py), and a fallback. Both return the state after the prompt with the
+logits of its last position, equal to float32 rounding.
 
-Prefill steps token by token: P sequential steps, where the parallel call would read the prompt in one pass
-(its scans, FFT convolutions, chunked attention). A parallel prefill, which would need each mixer to return its
-decoding state at the end of a parallel call, is future work.
+`generate` then samples the next token from those logits and loops (a jitted `lax.scan` of `step` and sampling)
+until it has `num_tokens` new tokens. The logits of every step equal those of the parallel call at the same
+position, so greedy decoding equals re-running the whole model on the growing sequence.
 
 Sampling (`sample`): greedy takes the argmax; otherwise the logits are divided by `temperature`, cut to the
 `top_k` largest (0: no cut) and to the nucleus of `top_p` (the smallest set of the most likely tokens whose
@@ -92,6 +97,19 @@ def _cache_limit(model: nn.Module) -> int | None:
     return int(limit) if limit else None
 
 
+PREFILL_METHODS = ("parallel", "step")
+
+
+def _check_method(method: str) -> None:
+    if method not in PREFILL_METHODS:
+        raise ValueError(f"prefill method must be one of {PREFILL_METHODS}, got {method!r}")
+
+
+def _parallel_prefill(model: nn.Module, variables: Any, prompt: jax.Array) -> tuple[Any, jax.Array]:
+    state, logits = model.apply(variables, prompt, method="prefill")
+    return state, logits[:, -1]
+
+
 def _prefill(model: nn.Module, variables: Any, prompt: jax.Array) -> tuple[Any, jax.Array]:
     state = model.apply(variables, prompt.shape[0], method="init_state")
 
@@ -117,9 +135,12 @@ def _decode(model: nn.Module, variables: Any, state: Any, logits: jax.Array, key
     return jnp.concatenate([first[:, None], rest.T], axis=1)
 
 
-def prefill_fn(model: nn.Module) -> Any:
-    """The jitted prefill of `model`: (variables, prompt (B, P) int32) -> (state, last logits (B, C))."""
-    return jax.jit(lambda variables, prompt: _prefill(model, variables, prompt))
+def prefill_fn(model: nn.Module, method: str = "parallel") -> Any:
+    """The jitted prefill of `model`: (variables, prompt (B, P) int32) -> (state, last logits (B, C)); method
+    "parallel" (`model.prefill`) or "step" (token by token)."""
+    _check_method(method)
+    run = _parallel_prefill if method == "parallel" else _prefill
+    return jax.jit(lambda variables, prompt: run(model, variables, prompt))
 
 
 def decode_fn(model: nn.Module, num_tokens: int, sampling: Sampling) -> Any:
@@ -129,15 +150,15 @@ def decode_fn(model: nn.Module, num_tokens: int, sampling: Sampling) -> Any:
                                                                   sampling))
 
 
-def prefill(model: nn.Module, variables: Any, prompt: Any) -> tuple[Any, jax.Array]:
+def prefill(model: nn.Module, variables: Any, prompt: Any, *, method: str = "parallel") -> tuple[Any, jax.Array]:
     """The decoding state after `prompt` (B, P) int32 and the logits of its last position (B, C) float32.
 
-    Steps the model token by token over the prompt (a jitted `lax.scan` of `model.step`): P sequential steps.
-    A parallel prefill, which would need each mixer to return its decoding state from a parallel call, is future
-    work. ValueError for an empty prompt or a model that cannot decode step by step (bidirectional, or a mixer
-    without a step).
+    method "parallel" (default): one parallel pass of the model over the prompt, each mixer returning its state
+    (see the module docstring); "step": the model stepped token by token (a jitted `lax.scan` of `model.step`, P
+    sequential steps), the reference and fallback. ValueError for an empty prompt, an unknown method, or a
+    model that cannot decode step by step (bidirectional, or a mixer without a step).
     """
-    return prefill_fn(model)(variables, check_prompt(prompt))
+    return prefill_fn(model, method)(variables, check_prompt(prompt))
 
 
 def check_request(model: nn.Module, prompt: Any, num_tokens: int, sampling: Sampling) -> jax.Array:
@@ -156,19 +177,22 @@ def check_request(model: nn.Module, prompt: Any, num_tokens: int, sampling: Samp
 
 
 def generate(model: nn.Module, variables: Any, prompt: Any, num_tokens: int, *, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, seed: int = 0, greedy: bool = False) -> jax.Array:
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0, greedy: bool = False,
+             prefill_method: str = "parallel") -> jax.Array:
     """The prompt (B, P) followed by `num_tokens` sampled tokens: (B, P + num_tokens) int32.
 
     `model` is a causal per-position model with `init_state` / `step` (models/encoder.py PerPositionClassifier),
     `variables` its variables ({"params": ..., and the other collections, e.g. "batch_stats"}). The prompt is
-    prefilled token by token (see `prefill`: P sequential steps; a parallel prefill is future work), then a
-    jitted `lax.scan` samples each token from the last logits and steps the model on it. Sampling settings: see
-    the module docstring; `seed` makes it reproducible. ValueError for settings out of range, an empty prompt, a
-    model that cannot decode, or a key-value cache shorter than P + num_tokens - 1 steps.
+    prefilled in one parallel pass (see `prefill`; prefill_method="step" steps it token by token), then a jitted
+    `lax.scan` samples each token from the last logits and steps the model on it. Sampling settings: see the
+    module docstring; `seed` makes it reproducible. ValueError for settings out of range, an empty prompt, a
+    model that cannot decode, an unknown prefill method, or a key-value cache shorter than P + num_tokens - 1
+    steps.
     """
     sampling = Sampling(float(temperature), int(top_k), float(top_p), bool(greedy))
+    _check_method(prefill_method)
     prompt = check_request(model, prompt, num_tokens, sampling)
-    state, logits = prefill_fn(model)(variables, prompt)
+    state, logits = prefill_fn(model, prefill_method)(variables, prompt)
     if num_tokens == 0:
         return prompt
     tokens = decode_fn(model, num_tokens, sampling)(variables, state, logits, jax.random.key(seed))

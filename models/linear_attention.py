@@ -101,6 +101,21 @@ class LinearAttention(_MultiHeadMixer):
         new_state = {"kv_sum": inner.kv_sum, "key_sum": inner.key_sum, "index": index + 1}
         return new_state, self._output(y[:, None], x_t.dtype)[:, 0]
 
+    def prefill(self, x: jax.Array) -> tuple[dict[str, Any], jax.Array]:
+        """The parallel call on a prompt (B, P, D) and its decoding state: the running sums over the whole
+        prompt, sum_t phi(k_t) v_t^T and sum_t phi(k_t), in one contraction (docs/methods.md section 18)."""
+        self._check_causal_for_decoding()
+        self._check_input(x, None)
+        state = self.init_state(x.shape[0])
+        _, k, v = self._project(x)
+        positions = jnp.arange(x.shape[1])
+        _, k = self._position_qk(k, k, positions, positions)
+        dtype = state["kv_sum"].dtype
+        phi_k = linear_ops.FEATURE_MAPS[self.feature_map](k, is_query=False).astype(dtype)
+        state = {"kv_sum": jnp.einsum("blhf,blhv->bhfv", phi_k, v.astype(dtype)),
+                 "key_sum": jnp.sum(phi_k, axis=1), "index": jnp.full_like(state["index"], x.shape[1])}
+        return state, self(x)
+
 
 @register_mixer(
     "performer", param_groups=_GROUPS, check=check_attention,
@@ -214,6 +229,30 @@ class PerformerAttention(_MultiHeadMixer):
             inner, q[:, 0], k[:, 0], v[:, 0], self.projection.value, kernel=self.kernel, eps=self.eps
         )
         return {**inner._asdict(), "index": index + 1}, self._output(y[:, None], x_t.dtype)[:, 0]
+
+    def prefill(self, x: jax.Array) -> tuple[dict[str, Any], jax.Array]:
+        """The parallel call on a prompt (B, P, D) and its decoding state in one pass (docs/methods.md section 18):
+        softmax kernel: key_max = the maximum of each key log-feature over the prompt, and the sums
+        sum_t exp(l_t - key_max) v_t^T, sum_t exp(l_t - key_max) (the stabilised sums `step` keeps); ReLU
+        kernel: the plain sums of the features, key_max 0."""
+        self._check_causal_for_decoding()
+        self._check_input(x, None)
+        state = self.init_state(x.shape[0])
+        _, k, v = self._project(x)
+        positions = jnp.arange(x.shape[1])
+        _, k = self._position_qk(k, k, positions, positions)
+        dtype = state["kv_sum"].dtype
+        if self.kernel == Kernel.RELU:
+            weights = performer_ops.relu_kernel_features(k, self.projection.value).astype(dtype)
+            key_max = jnp.zeros_like(state["key_max"])
+        else:
+            log_k = performer_ops.softmax_log_features(k, self.projection.value).astype(dtype)  # (B, P, H, F)
+            key_max = jax.lax.stop_gradient(jnp.max(log_k, axis=1))
+            weights = jnp.exp(log_k - key_max[:, None])
+        state = {"kv_sum": jnp.einsum("blhf,blhv->bhfv", weights, v.astype(dtype)),
+                 "key_sum": jnp.sum(weights, axis=1), "key_max": key_max,
+                 "index": jnp.full_like(state["index"], x.shape[1])}
+        return state, self(x)
 
 
 def redraw_performer_features(constants: Any, key: jax.Array, *, orthogonal_scaling: str = "chi") -> Any:

@@ -122,6 +122,16 @@ class LRUMixer(SequenceMixer):
         self._check_causal_for_decoding()
         return jnp.zeros((batch_size, self.d_state), jnp.result_type(self.nu_log.dtype, jnp.complex64))
 
+    def prefill(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The parallel call on a prompt (B, P, D) and its decoding state: the last state h_{P-1} (B, N) of the
+        same linear-recurrence scan (docs/methods.md section 18)."""
+        self._check_causal_for_decoding()
+        out_dtype = x.dtype if self.dtype is None else self.dtype
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        y, state = lru_ops.lru(x, *self._recurrence_params(), self.c_re, self.c_im, self.d,
+                               method=self.scan_method)
+        return state, y.astype(out_dtype)
+
     def step(self, state: jax.Array, x_t: jax.Array) -> tuple[jax.Array, jax.Array]:
         self._check_causal_for_decoding()
         out_dtype = x_t.dtype if self.dtype is None else self.dtype

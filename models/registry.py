@@ -5,6 +5,7 @@ A mixer is a Flax linen module with the interface of `SequenceMixer`:
     __call__(x, *, mask=None, deterministic=True) -> y        x, y: (B, L, D); mask: (B, L) bool, True = real token
     init_state(batch_size) -> state                            causal mixers with a recurrent step
     step(state, x_t) -> (state, y_t)                           x_t, y_t: (B, D)
+    prefill(x) -> (state, y)                                   x, y: (B, P, D); the state after the P positions
 
 Registering a mixer (the `register_mixer` decorator on its class, in its own module, plus the module's name in
 models/__init__.py MIXER_MODULES) records a `MixerContract`: its options (a frozen dataclass with defaults,
@@ -25,6 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from models.options import LENGTH_OPTIONS, OPTION_RANGES, RESERVED_OPTIONS, Range, did_you_mean
 
@@ -52,6 +55,24 @@ class SequenceMixer(nn.Module):
 
     def step(self, state: Any, x_t: Any) -> tuple[Any, Any]:
         raise NotImplementedError(f"mixer {type(self).__name__} has no recurrent decoding step")
+
+    def prefill(self, x: Any) -> tuple[Any, Any]:
+        """A prompt x (B, P, D), every position real, in one call -> (state, y): y (B, P, D) the outputs of the
+        causal call (deterministic) and `state` the decoding state after position P - 1, the one `step` would
+        have reached from `init_state` (so decoding continues with `step`; docs/methods.md section 18).
+
+        This default steps the prompt token by token (a lax.scan of `step`: P sequential steps), so every mixer
+        with a step has a prefill; mixers with a parallel form override it to compute the state from their
+        parallel pass (the final state of a scan, a key-value cache filled at once, running sums).
+        """
+        state = self.init_state(x.shape[0])
+
+        def body(state: Any, x_t: Any) -> tuple[Any, Any]:
+            new_state, y_t = self.step(state, x_t)  # the carry keeps its dtypes (a float64 input, float32 state)
+            return jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state), y_t
+
+        state, y = jax.lax.scan(body, state, jnp.swapaxes(x, 0, 1))
+        return state, jnp.swapaxes(y, 0, 1)
 
     def _check_causal_for_decoding(self) -> None:
         if self.bidirectional:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from models.param_groups import DEFAULT, NO_DECAY, SSM, grouped
 from models.registry import ActivationModel, SequenceMixer, register_mixer
-from models.ssm import s4_recipes
+from models.ssm import dense_final_state, s4_recipes
 from ops import rtf as rtf_ops
 from ops import ssm as ssm_ops
 from ops.rtf import RTFInit
@@ -126,4 +126,21 @@ class RTFMixer(SequenceMixer):
         x_t = x_t.astype(jnp.promote_types(x_t.dtype, state["x"].dtype))
         x, y = rtf_ops.rtf_step(state["x"], x_t, a, state["c"])
         return {**state, "x": x}, (y + self.d * x_t).astype(out_dtype)
+
+    def prefill(self, x: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+        """The parallel call (the FFT convolution) on a prompt (B, P, D) and its decoding state: the shift
+        register after the prompt is the state of the companion system x_t = A x_{t-1} + e_1 u_t, the reversed
+        prompt contracted with its state kernel A^k e_1 (k < P, by doubling: models.ssm.dense_state_kernel),
+        O(H N^2 P + B H N P), no loop over the prompt (docs/methods.md section 18). A prompt longer than
+        trunc_len, where the parallel kernel is cut and no longer equals the recurrence, is stepped instead."""
+        self._check_causal_for_decoding()
+        if x.shape[1] > self.trunc_len:
+            return super().prefill(x)
+        state = self.init_state(x.shape[0])
+        a, _ = self.coefficients[0]
+        companion = rtf_ops.rtf_companion(a.astype(state["x"].dtype))
+        first = jnp.zeros(a.shape, companion.dtype).at[:, 0].set(1)  # B = e_1
+        u = x.astype(jnp.promote_types(x.dtype, state["x"].dtype))
+        register = dense_final_state(companion, first, u)
+        return {**state, "x": register.astype(state["x"].dtype)}, self(x)
 

@@ -88,6 +88,41 @@ def _complex_dtype(real: jax.Array) -> jnp.dtype:
     return jnp.result_type(real.dtype, jnp.complex64)
 
 
+# ---- parallel prefill (docs/methods.md section 18): the state after a prompt u_0 .. u_{P-1} of a linear system
+# x_t = A x_{t-1} + B u_t from x_{-1} = 0 is x_{P-1} = sum_k A^k B u_{P-1-k}, a contraction of the reversed
+# prompt with the "state kernel" A^k B, k < P. No sequential loop over the prompt.
+
+
+def diagonal_powers(lam_bar: jax.Array, length: int) -> jax.Array:
+    """lam_bar^(P-1-t) for t < P = length: (P, ...) of a diagonal lam_bar (...) complex, as exp(k log lam_bar)
+    (the exponent 0 gives exactly 1). Row t weighs input t in the final state."""
+    exponents = jnp.arange(length - 1, -1, -1, dtype=jnp.finfo(lam_bar.dtype).dtype)
+    exponents = exponents.reshape((length,) + (1,) * lam_bar.ndim)
+    powers = jnp.exp(exponents * jnp.log(lam_bar))
+    return jnp.where(exponents == 0, jnp.ones_like(powers), powers)
+
+
+def dense_state_kernel(a: jax.Array, b: jax.Array, length: int) -> jax.Array:
+    """A^k B for k < length: (..., length, N) of a dense A (..., N, N) and B (..., N), by doubling: the first m
+    columns times A^m give the next m, and A^m is squared (ceil(log2 length) rounds). Cost O(N^2 length +
+    N^3 log length) per system, log-depth instead of length sequential steps."""
+    kernel = b[..., None, :]
+    power = a
+    while kernel.shape[-2] < length:
+        kernel = jnp.concatenate([kernel, jnp.einsum("...ij,...kj->...ki", power, kernel)], axis=-2)
+        if kernel.shape[-2] < length:
+            power = power @ power
+    return kernel[..., :length, :]
+
+
+def dense_final_state(a: jax.Array, b: jax.Array, u: jax.Array) -> jax.Array:
+    """The state x_{P-1} (B, H, N) of x_t = A x_{t-1} + B u_t (x_{-1} = 0) after u (B, P, H): A (H, N, N),
+    B (H, N) (one SISO system per channel), from the state kernel (`dense_state_kernel`). O(B P H N) for the
+    contraction."""
+    kernel = dense_state_kernel(a, b, u.shape[1])  # (H, P, N): k = lag
+    return jnp.einsum("bkh,hkn->bhn", u[:, ::-1].astype(kernel.dtype), kernel)
+
+
 class _SISOConvMixer(SequenceMixer):
     """Shared wiring of the convolutional SISO mixers: kernels (directions, H, L) -> y = K * u + D u."""
 
@@ -282,6 +317,18 @@ class S4Mixer(_SISOConvMixer):
         y = jnp.einsum("hn,bhn->bh", c_bar, h).real + self.d * x_t
         return {**state, "h": h}, y.astype(out_dtype)
 
+    def prefill(self, x: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+        """The parallel call (the FFT convolution) on a prompt (B, P, D) and its decoding state: h after the
+        prompt as the reversed prompt contracted with the state kernel A_bar^k B_bar (k < P, by doubling:
+        `dense_state_kernel`), O(H N^2 P + B H N P), no loop over the prompt (docs/methods.md section 18).
+        A prompt longer than l_max (where the kernel is not defined) is stepped token by token instead."""
+        self._check_causal_for_decoding()
+        if x.shape[1] > self.l_max:
+            return super().prefill(x)
+        state = self.init_state(x.shape[0])
+        h = dense_final_state(state["A_bar"], state["B_bar"], _at_least_float32(x))
+        return {**state, "h": h.astype(state["h"].dtype)}, self(x)
+
 
 class S4DInit(enum.StrEnum):
     """S4D's eigenvalue initialisations (see `s4d_eigenvalues`)."""
@@ -399,6 +446,18 @@ class S4DMixer(_SISOConvMixer):
         y = 2 * jnp.sum(c[0] * state, axis=-1).real + self.d * x_t
         return state, y.astype(out_dtype)
 
+    def prefill(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The parallel call (the FFT convolution) on a prompt (B, P, D) and its decoding state, the diagonal
+        recurrence's last state sum_t Lambda_bar^(P-1-t) B_bar u_t (B, H, N/2) as one Vandermonde contraction
+        (O(B H N P), no loop over the prompt; docs/methods.md section 18)."""
+        self._check_causal_for_decoding()
+        lam, b, _, step = self._system()
+        lam_bar, scale = hippo.discretize_diagonal(lam, step[:, None], self.discretization)
+        u = _at_least_float32(x)
+        powers = diagonal_powers(lam_bar, x.shape[1])  # (P, H, N/2)
+        state = jnp.einsum("bth,thn->bhn", u.astype(powers.dtype), powers) * (scale * b)
+        return state.astype(_complex_dtype(self.lambda_im)), self(x)
+
 
 @register_mixer(
     "s5", param_groups=_SSM_GROUPS, check=_check_s5,
@@ -508,3 +567,14 @@ class S5Mixer(SequenceMixer):
         x_t = _at_least_float32(x_t)
         state, y = ssm_ops.s5_step(state, x_t, lam_bar, b_bar, c_re + 1j * c_im, conj_sym=self.conj_sym)
         return state, (y + self.d * x_t).astype(out_dtype)
+
+    def prefill(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The parallel call on a prompt (B, P, D) and its decoding state, the scan's last state
+        sum_t Lambda_bar^(P-1-t) B_bar u_t (B, P') as one Vandermonde contraction of B_bar u (the scan's
+        inputs), O(B P P' H) as the scan itself (docs/methods.md section 18)."""
+        self._check_causal_for_decoding()
+        lam_bar, b_bar = self._discrete_system()
+        u = _at_least_float32(x)
+        powers = diagonal_powers(lam_bar, x.shape[1])  # (P, P')
+        state = jnp.einsum("bth,ph,tp->bp", u.astype(b_bar.dtype), b_bar, powers)
+        return state.astype(_complex_dtype(self.lambda_re)), self(x)

@@ -239,6 +239,36 @@ class _VQMixerBase(SequenceMixer):
                                       quantized_key_t=keys, bias=self.bias)
         return state, self._output(attn, g).astype(x_t.dtype)
 
+    def prefill(self, x: jax.Array) -> tuple[vqa.VQDecodeState, jax.Array]:
+        """The parallel call on a prompt (B, P, D) and its decoding state from the same projections
+        (docs/methods.md section 18). With n the block of the last prompt token (P - 1) // C: the per-code cache
+        holds the counts and mean values of blocks <= n - 2 (positions < (n - 1) C), the 2C-slot buffer holds
+        blocks n - 1 and n (the quantised keys, or zeros for soft VQ, the values and the assignments; zeros
+        before position 0 and from P on), and the position is P: the state `step` reaches after P tokens."""
+        self._check_causal_for_decoding()
+        self._check_input(x, None)
+        state = self.init_state(x.shape[0])
+        length, block = x.shape[1], self.block_len
+        q, k, v, _ = self._project(x)
+        quantized = self._quantize(k)
+        keys = quantized.get("quantized_keys")
+        keys = jnp.zeros_like(q) if keys is None else keys
+        dtype = state.means.dtype
+        assignments = quantized["assignments"].astype(dtype)
+        last_block = (length - 1) // block
+        cached = max(last_block - 1, 0) * block  # positions in the per-code cache
+        counts = jnp.sum(assignments[:, :cached], axis=1)  # (B, H, S)
+        sums = jnp.einsum("blhs,blhv->bhsv", assignments[:, :cached], v[:, :cached].astype(dtype))
+        means = sums / jnp.where(counts > 0, counts, 1.0)[..., None]
+
+        def buffer(values: jax.Array) -> jax.Array:  # positions (n - 1) C .. (n + 1) C - 1 -> slots 0 .. 2C - 1
+            padded = jnp.pad(values, [(0, 0), (block, (last_block + 1) * block - length), (0, 0), (0, 0)])
+            return padded[:, last_block * block:(last_block + 2) * block].astype(dtype)
+
+        state = vqa.VQDecodeState(counts, means, buffer(keys), buffer(v), buffer(assignments),
+                                  jnp.full_like(state.position, length))
+        return state, self(x)
+
 
 # Transformer-VQ's enwik8 run (its scripts/lm_enwik8.sh and config_enwik8.py; docs/anchors.md): 24 "layers" of
 # two single-head GAU-style VQ attention sublayers each (48 of this encoder's blocks), d_model 768, d_k 128,

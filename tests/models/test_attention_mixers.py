@@ -10,6 +10,7 @@ from models import attention as mixers  # registers the attention mixers
 from models import linear_attention as linear_mixers
 from models import param_groups
 from models.registry import UnknownMixerError, make_mixer, mixer_names
+from tests.models.prefill_checks import check_prefill
 
 B, L, D = 2, 9, 8
 F64 = {"dtype": jnp.float64, "param_dtype": jnp.float64}
@@ -74,6 +75,7 @@ def test_causal_decoding_equals_parallel_and_is_causal(x64, name, options, check
     for t in range(L):
         state, y_t = step(state, x[:, t])
         np.testing.assert_allclose(y_t, parallel[:, t], atol=1e-10, err_msg=f"step {t}")
+    check_prefill(mixer, variables, x, parallel, step, prompt=6, atol=1e-10)
     if not check_jacobian:
         return
     # Causality: d y_t / d x_s = 0 for s > t (and not for s <= t).

@@ -10,6 +10,7 @@ import pytest
 from models import param_groups
 from models.lru import LRUMixer
 from ops import lru as lru_ops
+from tests.models.prefill_checks import check_prefill
 
 
 def test_ring_init_is_uniform_in_r_squared_and_phase():
@@ -95,6 +96,8 @@ def test_mixer_step_by_step_equals_parallel(x64):
         state, y_t = mixer.apply(variables, state, x[:, t], method=LRUMixer.step)
         steps.append(y_t)
     np.testing.assert_allclose(np.stack(steps, axis=1), y, rtol=1e-10, atol=1e-10)
+    step = jax.jit(lambda state, x_t: mixer.apply(variables, state, x_t, method=LRUMixer.step))
+    check_prefill(mixer, variables, x, y, step, prompt=6, atol=1e-10)
 
 
 def test_causal_mixer_jacobian_is_lower_triangular(x64):

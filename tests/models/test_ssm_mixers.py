@@ -1,6 +1,7 @@
 """The state-space mixers ("s4", "s4d", "s5", "rtf") against the mixer contract: decoding step by step equals
-the parallel call, causality (lower-triangular Jacobian), padding never reaches real positions in
-bidirectional mode, parameters are real and carry their optimiser groups."""
+the parallel call, and so does the parallel prefill (its state is the stepped one), causality (lower-triangular
+Jacobian), padding never reaches real positions in bidirectional mode, parameters are real and carry their
+optimiser groups."""
 
 import functools
 
@@ -12,6 +13,7 @@ import pytest
 from models import param_groups, registry
 from models import rtf as rtf_mixer  # noqa: F401  (registers "rtf")
 from models import ssm as ssm_mixers  # registers "s4", "s4d", "s5"
+from tests.models.prefill_checks import check_prefill
 
 D_MODEL = 3
 
@@ -74,6 +76,7 @@ def test_step_by_step_decoding_equals_the_parallel_call(x64, config_name):
         outputs.append(y_t)
     np.testing.assert_allclose(np.stack(outputs, axis=1), np.asarray(y), rtol=1e-9, atol=1e-9)
     assert np.abs(np.asarray(y)).max() > 1e-3  # not a vacuous comparison
+    check_prefill(mixer, variables, x, y, functools.partial(step, variables), prompt=7)
 
 
 @pytest.mark.parametrize("config_name", ["s4", "s4d", "s5", "rtf"])

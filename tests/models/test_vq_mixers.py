@@ -10,6 +10,7 @@ from models import param_groups
 from models.registry import UnknownMixerError, make_mixer
 from models.vq import SoftVQAttentionMixer, VQAttentionMixer
 from ops import vq as vq_ops
+from tests.models.prefill_checks import check_prefill
 
 D_MODEL, LENGTH = 6, 7
 SMALL = dict(d_model=D_MODEL, key_dim=3, value_dim=2, codebook_size=3, block_len=2)
@@ -99,6 +100,8 @@ def test_step_equals_the_sequence_call(x64, name, options):
         state, y_t = step(state, x[:, t])
         outputs.append(y_t)
     np.testing.assert_allclose(np.stack(outputs, axis=1), expected, atol=1e-12)
+    # Prefill of 5 tokens (blocks of 2): block 0 in the per-code cache, blocks 1 and 2 in the buffer.
+    check_prefill(mixer, params, x, expected, step, prompt=5, atol=1e-12)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
