@@ -173,6 +173,7 @@ OPTION_RANGES: dict[str, Range] = {
     "kmeans_iters": int_from_zero(1_000),
     "conv_width": positive_int(64),
     "dt_rank": int_from_zero(MAX_WIDTH, " (0 = ceil(d_model / 16))"),
+    "head_dim": positive_int(MAX_WIDTH),
     # lengths
     "l_max": int_from_zero(MAX_LENGTH, LENGTH_NOTE),
     "trunc_len": int_from_zero(MAX_LENGTH, LENGTH_NOTE),

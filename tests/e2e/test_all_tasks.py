@@ -113,6 +113,7 @@ TINY_MIXER_OPTIONS = {
     "vq": dict(num_heads=1, key_dim=4, codebook_size=8, block_len=16),
     "vq_soft": dict(num_heads=1, key_dim=4, codebook_size=8, block_len=16),
     "mamba": dict(d_state=4, chunk_size=16),
+    "mamba2": dict(d_state=4, head_dim=4, chunk_size=16),
 }
 
 

@@ -42,6 +42,7 @@ SMALL = {
     "vq": dict(key_dim=8, codebook_size=16, block_len=16),
     "vq_soft": dict(key_dim=8, codebook_size=16, block_len=16),
     "mamba": dict(d_state=4, chunk_size=8),
+    "mamba2": dict(d_state=4, head_dim=8, chunk_size=8),
     "rglru": dict(num_heads=2),
     "gla": dict(num_heads=2, chunk_size=8),
     "deltanet": dict(num_heads=2, chunk_size=8),
