@@ -8,10 +8,10 @@ r"""Generates text with a trained byte-level language model (the "lm" task), fro
 
 Reads the run's own config.json and restores a checkpoint read-only, as experiments.evaluate does (nothing in
 the workdir is changed). The prompt is encoded as UTF-8 bytes (the lm task's token ids are the raw bytes 0..255),
-run through the model token by token (the prefill, models/generation.py), then `--num_tokens` bytes are sampled
+read by the model in one parallel pass (the prefill, models/generation.py), then `--num_tokens` bytes are sampled
 (greedy, or temperature / top-k / top-p with a seed). Prints the prompt and its continuation (decoded as UTF-8,
-undecodable bytes as U+FFFD), then one line with the decoding speed in tokens per second (compilation not
-included).
+undecodable bytes as U+FFFD), then one line with the decoding speed and the prefill's in tokens per second
+(compilation not included).
 
 NBCE (--context_file; models/nbce.py, docs/methods.md section 15): the file's text is cut into chunks of
 --nbce_chunk_length bytes (default: what fits in the training window with the prompt and the answer), each
@@ -197,9 +197,10 @@ def generate_text(run: dict[str, Any], prompt: bytes, num_tokens: int, sampling:
     new = np.asarray(jax.block_until_ready(decode(variables, state, logits, key)))
     decode_seconds = time.perf_counter() - start
     text = bytes(np.concatenate([np.asarray(tokens)[0], new[0]]).astype(np.uint8)).decode("utf-8", errors="replace")
+    prefill_rate = len(prompt) / max(prefill_seconds, 1e-9)
     report = (f"{num_tokens} tokens in {decode_seconds:.3f} s: {num_tokens / decode_seconds:,.1f} tokens/s "
-              f"(prefill of {len(prompt)} tokens {prefill_seconds:.3f} s, compilation {compile_seconds:.1f} s; "
-              f"{run['config'].model.mixer}, checkpoint of step {run['step']})")
+              f"(parallel prefill of {len(prompt)} tokens in {prefill_seconds:.3f} s: {prefill_rate:,.1f} tokens/s; "
+              f"compilation {compile_seconds:.1f} s; {run['config'].model.mixer}, checkpoint of step {run['step']})")
     return text, report
 
 

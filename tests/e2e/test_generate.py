@@ -23,7 +23,8 @@ TINY_LM = {
     "train.checkpoint_every": 3, "optim.warmup_steps": 1, "train.batch_size": 4, "train.eval_batch_size": 8,
     "data.lm.max_eval_windows": 16,
 }
-SPEED_LINE = re.compile(r"^(\d+) tokens in [\d.]+ s: [\d,.]+ tokens/s \(prefill of (\d+) tokens .*step (\d+)\)$")
+SPEED_LINE = re.compile(r"^(\d+) tokens in [\d.]+ s: [\d,.]+ tokens/s \(parallel prefill of (\d+) tokens in [\d.]+ s: "
+                        r"[\d,.]+ tokens/s; compilation .*step (\d+)\)$")
 
 
 def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
