@@ -9,6 +9,8 @@ import pytest
 
 from ops import nbce
 
+pytestmark = pytest.mark.usefixtures("fast_compilation")  # tiny shapes: XLA's optimisation passes cost more
+
 # Jitted once per shape and static argument (eagerly, every primitive would compile apart: several times slower).
 COMBINE = jax.jit(nbce.combine, static_argnames=("pooling", "top_k"))
 TRUNCATE = jax.jit(nbce.truncate, static_argnames=("top_k",))
@@ -105,7 +107,7 @@ def test_naive_bayes_is_mean_pooling_with_beta_n_minus_1(x64):
     assert int(selected) == -1
     np.testing.assert_allclose(np.exp(logp), [0.3125, 0.1875, 0.25, 0.25], rtol=1e-12)
     rng = np.random.default_rng(0)
-    for n in (1, 3, 5):
+    for n in (1, 3):
         contexts, prior = rng.dirichlet(np.ones(7), size=n), rng.dirichlet(np.ones(7))
         product = np.prod(contexts, axis=0) / prior ** (n - 1)
         logp, _ = COMBINE(jnp.log(contexts), jnp.log(prior), beta=n - 1.0, pooling="mean")
@@ -168,9 +170,9 @@ def test_beta_zero_one_context_is_that_context(x64):
 @pytest.mark.parametrize("pooling", nbce.POOLINGS)
 def test_against_the_loop(x64, pooling):
     rng = np.random.default_rng(3)
-    for n, top_k, top_p, beta, eta, previous in ((3, 0, 1.0, 0.25, 0.0, -1), (4, 5, 0.9, 2.0, 0.1, 2),
-                                                 (2, 0, 0.7, -0.5, 0.5, 0), (5, 2, 1.0, 4.0, 0.0, 1)):
-        contexts, prior = rng.normal(size=(n, 10)) * 2, rng.normal(size=10) * 2
+    for top_k, top_p, beta, eta, previous in ((0, 1.0, 0.25, 0.0, -1), (2, 0.9, 2.0, 0.1, 2),
+                                              (0, 0.7, -0.5, 0.5, 0), (2, 1.0, 4.0, 0.0, 1)):
+        contexts, prior = rng.normal(size=(3, 10)) * 2, rng.normal(size=10) * 2
         logp, selected = COMBINE(jnp.asarray(contexts), jnp.asarray(prior), beta=beta, pooling=pooling,
                                  top_k=top_k, top_p=top_p, eta=eta, previous=previous)
         expected, expected_selected = _ref_combine(contexts, prior, beta, pooling, top_k, top_p, eta, previous)
