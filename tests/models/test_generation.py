@@ -184,9 +184,11 @@ def test_the_parallel_prefill_equals_stepping_the_prompt_and_decoding_continues_
 
 
 # The built-in mixers' own decoding tests check their prefill in float64 (tests/models/prefill_checks.py, called
-# from test_lru.py, test_ssm_mixers.py, test_attention_mixers.py, test_vq_mixers.py): here they are in the slow
-# suite, and any other registered mixer (a new one, possibly with the default prefill) in the default run.
-OWN_PREFILL_TESTS = ("lru", "s4", "s4d", "s5", "rtf", "softmax", "blockwise", "linear", "performer", "vq", "vq_soft")
+# from test_lru.py, test_ssm_mixers.py, test_attention_mixers.py, test_vq_mixers.py, test_mamba.py): here they are
+# in the slow suite, and any other registered mixer (a new one, possibly with the default prefill) in the default
+# run.
+OWN_PREFILL_TESTS = ("lru", "s4", "s4d", "s5", "rtf", "softmax", "blockwise", "linear", "performer", "vq", "vq_soft",
+                     "mamba", "mamba2")
 FLOAT64_CASES = [pytest.param(m, marks=pytest.mark.slow) if m in OWN_PREFILL_TESTS else m for m in DECODING_MIXERS]
 
 

@@ -11,6 +11,7 @@ import pytest
 import models
 from models import param_groups
 from models.mamba import Mamba2Mixer, MambaMixer, dt_bias_init
+from tests.models.prefill_checks import check_prefill
 
 D_MODEL, LENGTH = 8, 11
 
@@ -107,10 +108,7 @@ def test_mamba_step_and_prefill_equal_the_parallel_call(x64, boxed_params):
     for t in range(LENGTH):
         state, y_t = step(state, x[:, t])
         np.testing.assert_allclose(np.asarray(y_t), np.asarray(y[:, t]), rtol=1e-10, atol=1e-10)
-    prefilled, y_prefill = jax.jit(lambda x: mixer.apply(variables, x, method=MambaMixer.prefill))(x)
-    np.testing.assert_allclose(np.asarray(y_prefill), np.asarray(y), rtol=1e-10, atol=1e-10)
-    for name in ("conv", "ssm"):
-        np.testing.assert_allclose(np.asarray(prefilled[name]), np.asarray(state[name]), rtol=1e-10, atol=1e-10)
+    check_prefill(mixer, variables, x, y, step, prompt=5)  # the parallel prefill's state, then stepping on
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -246,10 +244,7 @@ def test_mamba2_step_and_prefill_equal_the_parallel_call(x64, boxed_params2):
     for t in range(LENGTH):
         state, y_t = step(state, x[:, t])
         np.testing.assert_allclose(np.asarray(y_t), np.asarray(y[:, t]), rtol=1e-10, atol=1e-10)
-    prefilled, y_prefill = jax.jit(lambda x: mixer.apply(variables, x, method=Mamba2Mixer.prefill))(x)
-    np.testing.assert_allclose(np.asarray(y_prefill), np.asarray(y), rtol=1e-10, atol=1e-10)
-    for name in ("conv", "ssm"):
-        np.testing.assert_allclose(np.asarray(prefilled[name]), np.asarray(state[name]), rtol=1e-10, atol=1e-10)
+    check_prefill(mixer, variables, x, y, step, prompt=5)  # the parallel prefill's state, then stepping on
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
