@@ -15,6 +15,9 @@ from tests.models.prefill_checks import check_prefill
 
 D_MODEL, LENGTH = 8, 11
 
+# XLA's optimisation passes cost more than running these tiny programs (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compilation")
+
 
 def _softplus(v):
     return np.log1p(np.exp(v))
@@ -86,7 +89,8 @@ def _apply(mixer, variables, x, mask=None):
     return jax.jit(mixer.apply)(variables, x, mask=mask)
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
+# Bidirectional: the forward branch (the causal layer's whole computation) plus the reversed one.
+@pytest.mark.parametrize("bidirectional", [True])
 def test_mamba_block_equals_numpy_loop(x64, boxed_params, bidirectional):
     mixer = _mamba(bidirectional)
     x = jax.random.normal(jax.random.key(0), (2, LENGTH, D_MODEL), jnp.float64)
@@ -224,7 +228,8 @@ def reference_mamba2(x, p, n, head_dim, bidirectional, eps=1e-5):
     return normed @ p["out_proj"]
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
+# Bidirectional: the forward branch (the causal layer's whole computation) plus the reversed one.
+@pytest.mark.parametrize("bidirectional", [True])
 def test_mamba2_block_equals_numpy_loop(x64, boxed_params2, bidirectional):
     params = _variables(boxed_params2, bidirectional)["params"]
     keys = iter(jax.random.split(jax.random.key(2), 32))

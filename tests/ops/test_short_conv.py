@@ -7,6 +7,9 @@ import pytest
 
 from ops.short_conv import causal_conv1d, conv_cache_after, conv_cache_init, conv_step
 
+# XLA's optimisation passes cost more than running these tiny programs (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compilation")
+
 
 def reference_conv(x, w, b):
     """y[t, d] = b[d] + sum_k w[k, d] x[t - (K-1) + k, d], zero before t = 0: a loop over b, t, d, k."""
