@@ -122,7 +122,8 @@ def test_mamba_is_causal_and_ignores_padding(boxed_params, bidirectional):
     changed = x.at[:, 6:].set(jax.random.normal(jax.random.key(5), (2, LENGTH - 6, D_MODEL)))
     mixer, variables = _mamba(bidirectional), _variables(boxed_params, bidirectional)
     run = jax.jit(mixer.apply)
-    y, y_changed = run(variables, x, mask=None), run(variables, changed, mask=None)
+    everything = jnp.ones((2, LENGTH), bool)  # one program (a mask) for every call at this length
+    y, y_changed = run(variables, x, mask=everything), run(variables, changed, mask=everything)
     if not bidirectional:  # causal: the outputs before position 6 ignore the change from 6 on
         np.testing.assert_allclose(y[:, :6], y_changed[:, :6], rtol=1e-6, atol=1e-6)
     assert np.allclose(y[:, 5], y_changed[:, 5]) != bidirectional
@@ -259,7 +260,8 @@ def test_mamba2_is_causal_and_ignores_padding(boxed_params2, bidirectional):
     changed = x.at[:, 6:].set(jax.random.normal(jax.random.key(5), (2, LENGTH - 6, D_MODEL)))
     mixer, variables = _mamba2(bidirectional), _variables(boxed_params2, bidirectional)
     run = jax.jit(mixer.apply)
-    y, y_changed = run(variables, x, mask=None), run(variables, changed, mask=None)
+    everything = jnp.ones((2, LENGTH), bool)  # one program (a mask) for every call at this length
+    y, y_changed = run(variables, x, mask=everything), run(variables, changed, mask=everything)
     if not bidirectional:
         np.testing.assert_allclose(y[:, :6], y_changed[:, :6], rtol=1e-6, atol=1e-6)
     assert np.allclose(y[:, 5], y_changed[:, 5]) != bidirectional
