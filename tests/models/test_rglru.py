@@ -14,6 +14,7 @@ from models.registry import MixerContext
 from models.rglru import RGLRUMixer
 
 D_MODEL, LENGTH = 4, 9
+pytestmark = pytest.mark.usefixtures("fast_compilation")  # tiny shapes: XLA's optimisation passes cost more
 
 
 def _sigmoid(v):
@@ -136,9 +137,8 @@ def test_padding_is_invisible(x64, bidirectional):
     y_garbage = apply(x.at[0, 5:].set(100.0), mask)
     np.testing.assert_allclose(y_garbage[0, :5], y[0, :5], rtol=1e-12)
     np.testing.assert_allclose(y[0, :5], apply(x[:1, :5])[0], rtol=1e-10, atol=1e-12)
-    if bidirectional:
-        jac = jax.jit(jax.jacrev(lambda inp: mixer.apply(variables, inp)))(x[:1])
-        assert np.abs(np.asarray(jac[0, 0, :, 0, -1])).sum() > 0  # output 0 sees the last input
+    if bidirectional:  # while output 0 does see the last input when it is real
+        np.testing.assert_array_less(1e-6, np.abs(np.asarray(apply(x.at[1, -1].add(1.0), mask) - y)[1, 0]))
 
 
 def test_initialisation_follows_the_official_code():
@@ -159,7 +159,7 @@ def test_initialisation_follows_the_official_code():
 
 def test_parameter_groups():
     mixer = RGLRUMixer(d_model=4, num_heads=2)
-    labels = param_groups.group_labels(mixer.init(jax.random.key(0), jnp.ones((1, 4, 4)))["params"])
+    labels = param_groups.group_labels(jax.eval_shape(mixer.init, jax.random.key(0), jnp.ones((1, 4, 4)))["params"])
     assert labels["a_param"] == param_groups.SSM
     assert labels["gate_a_b"] == labels["gate_x_b"] == labels["conv_b"] == param_groups.NO_DECAY
     assert labels["linear_x"]["bias"] == param_groups.NO_DECAY
@@ -182,6 +182,6 @@ def test_bad_options_are_named(options, option, message):
 
 def test_bidirectional_mixer_refuses_to_decode():
     mixer = RGLRUMixer(d_model=4, num_heads=2, bidirectional=True)
-    variables = mixer.init(jax.random.key(0), jnp.ones((1, 4, 4)))
+    shapes = jax.eval_shape(mixer.init, jax.random.key(0), jnp.ones((1, 4, 4)))  # traced, not compiled
     with pytest.raises(ValueError, match="causal"):
-        mixer.apply(variables, 1, method=RGLRUMixer.init_state)
+        jax.eval_shape(lambda v: mixer.apply(v, 1, method=RGLRUMixer.init_state), shapes)

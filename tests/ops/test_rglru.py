@@ -8,7 +8,6 @@ import pytest
 
 from ops import rglru as ops
 
-METHODS = ["sequential", "associative", "chunked"]
 B, L, D = 2, 7, 3
 EPS = 1.0 / (4 * 1000.0**2)  # the floor of 1 - a^2 in the sqrt's backward pass
 
@@ -45,8 +44,10 @@ def random_inputs(seed, batch=B, length=L, width=D):
     return x, gate_a, gate_x, a_param
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("method,reverse", [
+    ("sequential", False), ("sequential", True), ("associative", False),
+    *(pytest.param(m, r, marks=pytest.mark.slow) for m, r in [("associative", True), ("chunked", False),
+                                                               ("chunked", True)])])
 def test_parallel_form_equals_the_loop(x64, method, reverse):
     x, ga, gx, ap = random_inputs(0)
     h, last = ops.rglru(jnp.asarray(x), jnp.asarray(ga), jnp.asarray(gx), jnp.asarray(ap), reverse=reverse,
@@ -58,7 +59,7 @@ def test_parallel_form_equals_the_loop(x64, method, reverse):
     np.testing.assert_allclose(last, h[:, 0 if reverse else -1], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", ["sequential", "associative"])
+@pytest.mark.parametrize("method", ["sequential", pytest.param("associative", marks=pytest.mark.slow)])
 def test_resets_inside_a_sequence_and_an_initial_state(x64, method):
     x, ga, gx, ap = random_inputs(1)
     reset = np.zeros((B, L), bool)
