@@ -34,7 +34,8 @@ def _loop_reference(q, k, v, beta, state):
     return out, final
 
 
-@pytest.mark.parametrize("chunk_size", [1, 4, 16])
+@pytest.mark.parametrize("chunk_size", [pytest.param(1, marks=pytest.mark.slow), 4,
+                                        pytest.param(16, marks=pytest.mark.slow)])  # the test budget
 def test_chunked_and_recurrent_equal_the_loop(x64, chunk_size):
     q, k, v, beta, state = _inputs(np.random.default_rng(0))  # L = 11: not a multiple of 4
     expected, expected_final = _loop_reference(q, k, v, beta, state)

@@ -33,7 +33,8 @@ def _loop_reference(q, k, v, log_decay, state):
 
 
 @pytest.mark.parametrize("scalar", [False, True])
-@pytest.mark.parametrize("chunk_size", [1, 4, 16])
+@pytest.mark.parametrize("chunk_size", [pytest.param(1, marks=pytest.mark.slow), 4,
+                                        pytest.param(16, marks=pytest.mark.slow)])  # the test budget
 def test_chunked_and_recurrent_equal_the_loop(x64, scalar, chunk_size):
     q, k, v, log_decay, state = _inputs(np.random.default_rng(0), scalar=scalar)  # L = 11: not a multiple of 4
     expected, expected_final = _loop_reference(q, k, v, log_decay, state)
