@@ -37,19 +37,27 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/nbce_demo", "Where the corpus and the training run go.")
-_OUT = flags.DEFINE_string("out", "docs/results/nbce", "Results path without extension (.json and .md).")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 200, "Long-context questions to evaluate.", lower_bound=1)
-_CONTEXT_WINDOWS = flags.DEFINE_integer("context_windows", 8, "Chunks of the long context.", lower_bound=2)
-_STEPS = flags.DEFINE_integer("num_steps", 1500, "Training steps.", lower_bound=1)
-_BATCH = flags.DEFINE_integer("eval_batch", 50, "Questions per decoding batch.", lower_bound=1)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the evaluation questions.", lower_bound=0)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the command's flags, only when it runs as a program (experiments.generate, imported in the same
+    process by tests, defines a --workdir of its own)."""
+    flags.DEFINE_string("workdir", "workdirs/nbce_demo", "Where the corpus and the training run go.")
+    flags.DEFINE_string("out", "docs/results/nbce", "Results path without extension (.json and .md).")
+    flags.DEFINE_integer("num_examples", 200, "Long-context questions to evaluate.", lower_bound=1)
+    flags.DEFINE_integer("context_windows", 8, "Chunks of the long context.", lower_bound=2)
+    flags.DEFINE_integer("num_steps", 1500, "Training steps.", lower_bound=1)
+    flags.DEFINE_integer("eval_batch", 50, "Questions per decoding batch.", lower_bound=1)
+    flags.DEFINE_integer("seed", 0, "Seed of the evaluation questions.", lower_bound=0)
+
 
 PROGRAM = "experiments.nbce_demo"
 WINDOW = 128  # the training length T
 CHUNK = WINDOW - 8  # a chunk, the question and the answer fit in the window
 QUESTION, ANSWER_LENGTH = b"?", 3
 TOP_P = 0.9  # the truncation of the *_top_p variants (fix 1 of docs/methods.md section 15)
+ETA = 1.0  # the switching penalty of the *_eta variant, in nats (fix 3)
 LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", np.uint8)
 PASSKEY_ALPHABETS = (ord("A"), ord("K"), ord("0"))  # ten bytes each: A-J, K-T, 0-9
 CORPUS_FILES, SEGMENTS_PER_FILE = 4, 9000
@@ -123,11 +131,11 @@ def examples(rng: np.random.Generator, count: int, windows: int) -> list[dict[st
 # -------------------------------------------------------------------------------------------------- training
 
 def train(workdir: str, run: str, steps: int) -> dict[str, float] | None:
-    """Trains the LM with experiments.train (skipped when `run` is finished); its wall and CPU seconds (None:
-    skipped)."""
-    status = os.path.join(run, "status.json")
+    """Trains the LM with experiments.train (skipped when `run` is finished); its wall and CPU seconds (those
+    measured when it was trained, None if unknown)."""
+    status, timing = os.path.join(run, "status.json"), os.path.join(workdir, "training_time.json")
     if os.path.exists(status) and json.load(open(status)).get("state") == "finished":
-        return None
+        return json.load(open(timing)) if os.path.exists(timing) else None
     command = [sys.executable, "-m", "experiments.train", "--config=lm:softmax-cpu", f"--workdir={run}",
                "--config.data.source=files", "--config.data.lm.format=textdir",
                f"--config.data.data_dir={os.path.join(workdir, 'corpus')}", f"--config.data.seq_len={WINDOW}",
@@ -138,8 +146,11 @@ def train(workdir: str, run: str, steps: int) -> dict[str, float] | None:
     start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(command, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"wall_seconds": time.perf_counter() - start,
-            "cpu_seconds": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime}
+    seconds = {"wall_seconds": time.perf_counter() - start,
+               "cpu_seconds": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime}
+    with open(timing, "w") as f:  # for later evaluations of the same run
+        json.dump(seconds, f)
+    return seconds
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -157,6 +168,7 @@ def evaluate(run: dict[str, Any], items: list[dict[str, Any]], batch: int) -> di
     windows = len(items[0]["context"]) // CHUNK
     methods = {"nbce_min_entropy": NBCE(beta=0.25, pooling="min_entropy"),
                "nbce_min_entropy_top_p": NBCE(beta=0.25, pooling="min_entropy", top_p=TOP_P),
+               "nbce_min_entropy_top_p_eta": NBCE(beta=0.25, pooling="min_entropy", top_p=TOP_P, eta=ETA),
                "nbce_naive_bayes": NBCE(beta=windows - 1.0, pooling="mean"),
                "nbce_naive_bayes_top_p": NBCE(beta=windows - 1.0, pooling="mean", top_p=TOP_P)}
     answers = _ids([item["answer"] for item in items])
@@ -189,8 +201,9 @@ def evaluate(run: dict[str, Any], items: list[dict[str, Any]], batch: int) -> di
             chosen.append(np.asarray(s))
         extra = {}
         if settings.pooling == "min_entropy":
-            first = np.concatenate(chosen)[:, 0]
-            extra["passkey_chunk_chosen"] = float(np.mean(first == np.array([item["chunk"] for item in items])))
+            right = np.concatenate(chosen) == np.array([item["chunk"] for item in items])[:, None]
+            extra["passkey_chunk_chosen"] = float(np.mean(right[:, 0]))  # for the first byte
+            extra["passkey_chunk_every_byte"] = float(np.mean(np.all(right, axis=1)))
         score(name, np.concatenate(tokens), extra)
     return results
 
@@ -201,11 +214,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"NBCE vs truncation: passkey retrieval from {s['context_bytes']}-byte contexts ({s['chunks']} chunks "
              f"of {s['chunk_bytes']} bytes; the model's window is {s['window']} bytes), {s['num_examples']} "
              "questions, greedy, exact match of the passkey's 3 bytes.", "",
-             "| method | accuracy | byte accuracy | passkey chunk chosen |", "|---|---|---|---|"]
+             "| method | accuracy | byte accuracy | passkey chunk chosen (first byte / every byte) |",
+             "|---|---|---|---|"]
     for name, row in report["results"].items():
-        chosen = row.get("passkey_chunk_chosen")
-        lines.append(f"| {name} | {row['accuracy']:.3f} | {row['byte_accuracy']:.3f} | "
-                     f"{'' if chosen is None else f'{chosen:.3f}'} |")
+        chosen = ("" if "passkey_chunk_chosen" not in row else
+                  f"{row['passkey_chunk_chosen']:.3f} / {row['passkey_chunk_every_byte']:.3f}")
+        lines.append(f"| {name} | {row['accuracy']:.3f} | {row['byte_accuracy']:.3f} | {chosen} |")
     train = report["training"]
     lines += ["", f"Model: softmax attention, RoPE, 2 layers of width 64, trained {train['steps']} steps at "
               f"{s['window']} bytes (test bpb {train.get('test_bpb', float('nan')):.3f}; the corpus's unigram bpb "
@@ -222,27 +236,27 @@ def main(argv: list[str]) -> None:
     from experiments.runs import load_run
 
     cli.quiet_library_logs()
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = os.path.abspath(FLAGS.workdir)
     run_dir = os.path.join(workdir, "run")
     write_corpus(os.path.join(workdir, "corpus"))
-    timing = train(workdir, run_dir, _STEPS.value)
+    timing = train(workdir, run_dir, FLAGS.num_steps)
     results = json.load(open(os.path.join(run_dir, "results.json")))
-    if timing is None:  # trained earlier: the trainer's own wall time
+    if timing is None:  # trained earlier, time not recorded: the trainer's own wall time
         timing = {"wall_seconds": results.get("wall_seconds", float("nan")), "cpu_seconds": float("nan")}
     run = load_run(run_dir, "best")
-    items = examples(np.random.default_rng(_SEED.value), _NUM_EXAMPLES.value, _CONTEXT_WINDOWS.value)
+    items = examples(np.random.default_rng(FLAGS.seed), FLAGS.num_examples, FLAGS.context_windows)
     start = time.perf_counter()
-    scores = evaluate(run, items, _BATCH.value)
-    report = {"settings": {"window": WINDOW, "chunk_bytes": CHUNK, "chunks": _CONTEXT_WINDOWS.value,
-                           "context_bytes": _CONTEXT_WINDOWS.value * CHUNK, "num_examples": _NUM_EXAMPLES.value,
-                           "seed": _SEED.value, "question": QUESTION.decode(), "answer_bytes": ANSWER_LENGTH},
+    scores = evaluate(run, items, FLAGS.eval_batch)
+    report = {"settings": {"window": WINDOW, "chunk_bytes": CHUNK, "chunks": FLAGS.context_windows,
+                           "context_bytes": FLAGS.context_windows * CHUNK, "num_examples": FLAGS.num_examples,
+                           "seed": FLAGS.seed, "question": QUESTION.decode(), "answer_bytes": ANSWER_LENGTH},
               "training": {"steps": results.get("steps"), **timing,
                            "test_bpb": results.get("test_bpb"), "unigram_bpb": results.get("unigram_bpb")},
               "evaluation_seconds": time.perf_counter() - start, "results": scores}
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value + ".json", "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out + ".json", "w") as f:
         json.dump(report, f, indent=1)
-    with open(_OUT.value + ".md", "w") as f:
+    with open(FLAGS.out + ".md", "w") as f:
         f.write(markdown(report))
     print(markdown(report))
 
@@ -250,4 +264,5 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     from experiments import cli
 
+    define_flags()
     app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -69,7 +69,9 @@ def _reference(model, variables, chunks, question, settings: NBCE) -> tuple[np.n
     return np.stack(tokens, 1), np.stack(selected, 1)
 
 
-@pytest.mark.parametrize("mixer, greedy", [("lru", False), ("softmax", True)])
+# The test budget: a key-value cache (softmax, rows of two lengths) in the default run; a recurrence (LRU), sampling
+# and mean pooling (tested at the op level by tests/ops/test_nbce.py) in the slow suite.
+@pytest.mark.parametrize("mixer, greedy", [pytest.param("lru", False, marks=pytest.mark.slow), ("softmax", True)])
 def test_one_chunk_beta_zero_is_ordinary_generation(mixer, greedy):
     model, variables = model_and_variables(mixer)
     chunks, question = _data(2, 1)
@@ -81,10 +83,11 @@ def test_one_chunk_beta_zero_is_ordinary_generation(mixer, greedy):
     assert np.all(np.asarray(selected) == -1)
 
 
-@pytest.mark.parametrize("mixer, settings", [("lru", NBCE(beta=0.5, pooling="min_entropy", eta=0.05)),
-                                             ("softmax", NBCE(beta=2.0, pooling="mean", top_k=6)),
-                                             ("softmax", NBCE(beta=0.25, pooling="min_entropy", top_p=0.8))],
-                         ids=["lru-min_entropy", "softmax-mean", "softmax-min_entropy"])
+@pytest.mark.parametrize("mixer, settings", [
+    pytest.param("lru", NBCE(beta=0.5, pooling="min_entropy", eta=0.05), marks=pytest.mark.slow),
+    pytest.param("softmax", NBCE(beta=2.0, pooling="mean", top_k=6), marks=pytest.mark.slow),
+    ("softmax", NBCE(beta=0.25, pooling="min_entropy", top_p=0.8, eta=10.0))],  # eta: never switches
+    ids=["lru-min_entropy", "softmax-mean", "softmax-min_entropy"])
 def test_combined_steps_equal_the_op_on_the_rows_logits(mixer, settings):
     model, variables = model_and_variables(mixer)
     chunks, question = _data(2, 3, seed=1)
@@ -94,6 +97,8 @@ def test_combined_steps_equal_the_op_on_the_rows_logits(mixer, settings):
     np.testing.assert_array_equal(selected, expected_selected)
     if settings.pooling == "min_entropy":
         assert np.all((np.asarray(selected) >= 0) & (np.asarray(selected) < 3))
+    if settings.eta > 5:  # a penalty above every entropy gap: each example keeps its first choice
+        np.testing.assert_array_equal(selected, np.repeat(np.asarray(selected)[:, :1], NEW, axis=1))
 
 
 def test_chunk_starts():
