@@ -52,6 +52,7 @@ _NBCE_BETA = flags.DEFINE_float("nbce_beta", 0.25, "NBCE: the prior's weight bet
                                 "alone; n - 1 with mean pooling: naive Bayes).")
 _NBCE_POOLING = flags.DEFINE_string("nbce_pooling", "min_entropy", "NBCE: min_entropy or mean.")
 _NBCE_ETA = flags.DEFINE_float("nbce_eta", 0.0, "NBCE: switching penalty of min_entropy pooling (>= 0).")
+MAX_CONTEXT_BYTES = 1 << 26  # 64 MiB: half a million chunks of a 128-byte window
 NBCE_FLAGS = ("nbce_chunk_length", "nbce_overlap", "nbce_beta", "nbce_pooling", "nbce_eta")
 
 PROGRAM = "experiments.generate"
@@ -82,11 +83,13 @@ def _check_nbce() -> tuple[bytes, Any] | None:
             raise GenerateError(f"--{given[0]} is a setting of NBCE, which reads a long context: give it with "
                                 "--context_file=FILE")
         return None
-    try:
-        with open(_CONTEXT_FILE.value, "rb") as f:
-            context = f.read()
-    except OSError as error:
-        raise GenerateError(f"--context_file={_CONTEXT_FILE.value}: cannot read it ({error.strerror})") from None
+    from lra.errors import LRADataError
+    from lra.files import read_bounded
+
+    try:  # a regular file only (a FIFO would block), of at most MAX_CONTEXT_BYTES
+        context = read_bounded(_CONTEXT_FILE.value, "the NBCE context", MAX_CONTEXT_BYTES)
+    except (LRADataError, OSError) as error:
+        raise GenerateError(f"--context_file: {error}") from None
     if not context:
         raise GenerateError(f"--context_file={_CONTEXT_FILE.value} is empty")
     if _NBCE_CHUNK.value < 0:

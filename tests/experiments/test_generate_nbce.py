@@ -31,7 +31,8 @@ def parsed_flags():
 @pytest.mark.parametrize("given, expected", [
     ({"nbce_beta": "0.5"}, "--nbce_beta is a setting of NBCE, which reads a long context: give it with "
                            "--context_file=FILE"),
-    ({"context_file": "{missing}"}, "cannot read it"),
+    ({"context_file": "{missing}"}, "missing.txt: cannot read the NBCE context"),
+    ({"context_file": "{directory}"}, "(a regular file), found a directory"),
     ({"context_file": "{empty}"}, "is empty"),
     ({"context_file": "{text}", "nbce_beta": "-2"}, "--nbce_beta must be a number >= -1"),
     ({"context_file": "{text}", "nbce_pooling": "max"}, "--nbce_pooling must be one of mean, min_entropy"),
@@ -43,7 +44,8 @@ def parsed_flags():
 def test_a_bad_nbce_flag_is_one_line(parsed_flags, tmp_path, given, expected):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "text.txt").write_bytes(b"some context")
-    paths = {"missing": tmp_path / "missing.txt", "empty": tmp_path / "empty.txt", "text": tmp_path / "text.txt"}
+    paths = {"missing": tmp_path / "missing.txt", "empty": tmp_path / "empty.txt", "text": tmp_path / "text.txt",
+             "directory": tmp_path}
     with flagsaver.as_parsed(**{k: v.format(**paths) for k, v in given.items()}):
         with pytest.raises(GenerateError) as error:
             generate._check_nbce()
