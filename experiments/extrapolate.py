@@ -199,14 +199,14 @@ def markdown_table(rows: list[dict], train_length: int) -> str:
 def plot(rows: list[dict], path: str) -> None:
     """Accuracy and bpb against test length, one line per (mixer, scheme), one row of panels per mode."""
     import matplotlib
-    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     keys = list(dict.fromkeys((r["mixer"], r["position"], r["scheme"]) for r in rows))
-    colours = plt.cm.tab20(np.linspace(0, 1, max(len(keys), 2)))  # one distinct colour per line
+    palette = list(plt.cm.tab20.colors) + list(plt.cm.tab20b.colors) + list(plt.cm.tab20c.colors)
+    colours = [palette[n % len(palette)] for n in range(len(keys))]  # one distinct colour per line (up to 60)
     fig, axes = plt.subplots(len(modes), 2, figsize=(12, 4.5 * len(modes)), squeeze=False)
     for i, mode in enumerate(modes):
         for n, key in enumerate(keys):
