@@ -199,7 +199,7 @@ def evaluate(run: dict[str, Any], items: list[dict[str, Any]], batch: int) -> di
             t, s = nbce_generate(model, variables, chunks.astype(np.int32), question, ANSWER_LENGTH, settings)
             tokens.append(np.asarray(t))
             chosen.append(np.asarray(s))
-        extra = {}
+        extra = {"pooling": settings.pooling, "beta": settings.beta, "top_p": settings.top_p, "eta": settings.eta}
         if settings.pooling == "min_entropy":
             right = np.concatenate(chosen) == np.array([item["chunk"] for item in items])[:, None]
             extra["passkey_chunk_chosen"] = float(np.mean(right[:, 0]))  # for the first byte
@@ -221,6 +221,11 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{row['passkey_chunk_chosen']:.3f} / {row['passkey_chunk_every_byte']:.3f}")
         lines.append(f"| {name} | {row['accuracy']:.3f} | {row['byte_accuracy']:.3f} | {chosen} |")
     train = report["training"]
+    lines += ["", "nbce_*: the context's chunks, each with the question, and the question alone, combined per byte "
+              "(docs/methods.md section 15): min_entropy = the chunk of least entropy, beta 0.25; naive_bayes = mean "
+              f"pooling, beta = n - 1 = {s['chunks'] - 1}; _top_p: every distribution truncated to its top-p "
+              f"nucleus (p = {TOP_P}) first; _eta: switching penalty {ETA} nats. oracle_chunk: the passkey's chunk "
+              "alone with the question; truncation: the last chunk with the question."]
     lines += ["", f"Model: softmax attention, RoPE, 2 layers of width 64, trained {train['steps']} steps at "
               f"{s['window']} bytes (test bpb {train.get('test_bpb', float('nan')):.3f}; the corpus's unigram bpb "
               f"{train.get('unigram_bpb', float('nan')):.3f}); training {train['wall_seconds']:.0f} s wall, "
