@@ -133,10 +133,11 @@ class DeltaNetMixer(SequenceMixer):
         self._check_causal_for_decoding()
         key_dim, value_dim = self._widths
         heads = self.num_heads
-        return {"S": jnp.zeros((batch_size, heads, key_dim // heads, value_dim // heads), jnp.float32),
-                "conv_q": short_conv.conv_cache_init(batch_size, CONV_WIDTH, key_dim),
-                "conv_k": short_conv.conv_cache_init(batch_size, CONV_WIDTH, key_dim),
-                "conv_v": short_conv.conv_cache_init(batch_size, CONV_WIDTH, value_dim)}
+        dtype = jnp.promote_types(self.dtype or jnp.float32, jnp.float32)  # float32 (a float64 layer: float64)
+        return {"S": jnp.zeros((batch_size, heads, key_dim // heads, value_dim // heads), dtype),
+                "conv_q": short_conv.conv_cache_init(batch_size, CONV_WIDTH, key_dim, dtype),
+                "conv_k": short_conv.conv_cache_init(batch_size, CONV_WIDTH, key_dim, dtype),
+                "conv_v": short_conv.conv_cache_init(batch_size, CONV_WIDTH, value_dim, dtype)}
 
     def step(self, state: dict[str, jax.Array], x_t: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
         self._check_causal_for_decoding()

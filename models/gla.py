@@ -170,7 +170,8 @@ class GLAMixer(SequenceMixer):
         self._check_causal_for_decoding()
         key_dim, value_dim = self._widths
         heads = self.num_heads
-        return {"S": jnp.zeros((batch_size, heads, key_dim // heads, value_dim // heads), jnp.float32)}
+        dtype = jnp.promote_types(self.dtype or jnp.float32, jnp.float32)  # float32 (a float64 layer: float64)
+        return {"S": jnp.zeros((batch_size, heads, key_dim // heads, value_dim // heads), dtype)}
 
     def step(self, state: dict[str, jax.Array], x_t: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
         self._check_causal_for_decoding()

@@ -46,6 +46,7 @@ TINY_OPTIONS = {
     "mamba2": dict(d_state=4, head_dim=4, chunk_size=4),
     "gla": dict(num_heads=2, chunk_size=4),
     "deltanet": dict(num_heads=2, chunk_size=4),
+    "rglru": dict(num_heads=2),
 }
 
 DECODING_MIXERS = [name for name in registry.mixer_names()
