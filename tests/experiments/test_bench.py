@@ -24,6 +24,8 @@ import pytest
 from experiments import bench
 from models import registry
 
+pytestmark = pytest.mark.usefixtures("full_optimization")  # compiled memory figures / timings: optimised XLA
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BROKEN = "broken_for_bench_test"
 

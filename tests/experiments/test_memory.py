@@ -17,6 +17,8 @@ from experiments.configs import listops as listops_config
 from experiments.configs import retrieval as retrieval_config
 from experiments.validation import ConfigError
 
+pytestmark = pytest.mark.usefixtures("full_optimization")  # compiled memory figures / timings: optimised XLA
+
 CPU_VARIANTS = ["cpu"] + [f"{m}-cpu" for m in models.mixer_names()]
 ACCELERATOR_VARIANTS = models.mixer_names()
 

@@ -10,6 +10,8 @@ import pytest
 
 from ops import attention, normalizers, position
 
+pytestmark = pytest.mark.usefixtures("full_optimization")  # compiled memory figures / timings: optimised XLA
+
 
 def _qkv(b=2, lq=13, lk=13, h=2, k=4, kv=3, seed=0, dtype=jnp.float64):
     rng = np.random.default_rng(seed)

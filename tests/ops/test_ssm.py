@@ -8,6 +8,8 @@ import pytest
 
 from ops import hippo, ssm
 
+pytestmark = pytest.mark.usefixtures("full_optimization")  # compiled memory figures / timings: optimised XLA
+
 # Jitted once per shape: much cheaper than running the ops eagerly, op by op, in these small tests.
 s4_kernel = jax.jit(ssm.s4_kernel, static_argnums=5, static_argnames="chunk_size")
 s4d_kernel = jax.jit(ssm.s4d_kernel, static_argnums=4, static_argnames=("discretization", "chunk_size"))
