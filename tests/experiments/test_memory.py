@@ -179,6 +179,9 @@ def test_every_cpu_variant_fits_on_this_machine(module):
             assert (module, variant) == ("experiments.configs.pathx", "softmax-cpu"), str(error)
 
 
+# Slow (the test budget): every accelerator variant loads and validates in tests/experiments/test_catalog.py, and
+# the estimate's code path for every mixer runs on the cpu variants above.
+@pytest.mark.slow
 @pytest.mark.parametrize("module", validation.task_config_modules())
 def test_every_accelerator_variant_has_an_estimate(module):
     get_config = importlib.import_module(module).get_config

@@ -90,6 +90,7 @@ def test_a_bad_value_names_the_allowed_ones(call, bad, cls):
     assert "<" not in str(info.value)  # values, not enum reprs
 
 
+@pytest.mark.slow  # the test budget: the ops' string arguments are checked per option by the tests above
 def test_members_and_strings_give_the_same_results():
     key = jax.random.PRNGKey(3)
     np.testing.assert_array_equal(rtf.rtf_init(key, (2, 3), rtf.RTFInit.MONTEL), rtf.rtf_init(key, (2, 3), "montel"))
